@@ -1,0 +1,169 @@
+//! Command-line options. Names follow mount-s3 and s3fs where users already know them.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "bucketfs",
+    version,
+    about = "Mount an S3 bucket (AWS or any S3-compatible store) as a directory",
+    after_help = "Credentials come from the standard AWS chain (environment, profile files, \
+                  container and instance roles) or from S3_ACCESS_KEY/S3_SECRET_KEY.\n\
+                  Unmount with: fusermount3 -u MOUNTPOINT"
+)]
+pub struct Cli {
+    /// BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX/
+    pub bucket: String,
+
+    /// Directory to mount on (must exist)
+    pub mountpoint: PathBuf,
+
+    /// S3 endpoint URL for S3-compatible stores [env: AWS_ENDPOINT_URL, S3_ENDPOINT_URL]
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Region [env: AWS_REGION, S3_REGION; default: the profile's, else us-east-1]
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Path-style addressing (http://host/bucket/key); implied when the endpoint is an IP
+    /// address or localhost
+    #[arg(long)]
+    pub force_path_style: bool,
+
+    /// Named profile from the AWS config and credentials files
+    #[arg(long, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
+
+    /// Send unsigned requests (public buckets); no credentials needed
+    #[arg(long)]
+    pub no_sign_request: bool,
+
+    /// Mount read-only: every modification fails with EROFS
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Owner of files and directories [default: the mounting user]
+    #[arg(long)]
+    pub uid: Option<u32>,
+
+    /// Group of files and directories [default: the mounting user's group]
+    #[arg(long)]
+    pub gid: Option<u32>,
+
+    /// Permission bits of files, octal
+    #[arg(long, value_parser = parse_octal, default_value = "644")]
+    pub file_mode: u32,
+
+    /// Permission bits of directories, octal
+    #[arg(long, value_parser = parse_octal, default_value = "755")]
+    pub dir_mode: u32,
+
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf for non-root)
+    #[arg(long, conflicts_with = "allow_root")]
+    pub allow_other: bool,
+
+    /// Let root access the mount too
+    #[arg(long)]
+    pub allow_root: bool,
+
+    /// Unmount automatically when bucketfs exits (needs --allow-other or --allow-root)
+    #[arg(long)]
+    pub auto_unmount: bool,
+
+    /// Stay in the foreground instead of daemonizing
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+
+    /// Seconds metadata (attributes, directory entries, negative lookups) is trusted before
+    /// asking S3 again; 0 always asks
+    #[arg(long, value_name = "SECONDS", default_value = "1")]
+    pub metadata_ttl: f64,
+
+    /// Memory budget in MiB for prefetch buffers and cached blocks (a quarter goes to the block
+    /// cache)
+    #[arg(long, value_name = "MiB", default_value = "512")]
+    pub max_memory: u64,
+
+    /// Size of each ranged GET of a sequential read, in bytes (suffixes K, M, G)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8M")]
+    pub read_part_size: u64,
+
+    /// Largest number of S3 requests (and so connections) in flight
+    #[arg(long, value_name = "N", default_value = "64")]
+    pub max_connections: usize,
+
+    /// Attempts per S3 request, including retries with backoff for throttling and transient
+    /// errors
+    #[arg(long, value_name = "N", default_value = "4")]
+    pub max_attempts: u32,
+
+    /// Debug logging (RUST_LOG overrides)
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+
+    /// Write logs to this file (a daemonized bucketfs logs nowhere otherwise)
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+fn parse_octal(value: &str) -> Result<u32, String> {
+    u32::from_str_radix(value.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("'{value}' is not an octal permission mode like 644"))
+}
+
+/// Bytes with an optional K, M or G suffix (powers of 1024).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let (digits, unit) = match value.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => value.split_at(i),
+        None => (value, ""),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{value}' is not a size like 8M"))?;
+    let multiplier = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return Err(format!("'{value}': unknown unit (use K, M or G)")),
+    };
+    number
+        .checked_mul(multiplier)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("'{value}' is not a usable size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_modes_parse() {
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("8X").is_err());
+        assert_eq!(parse_octal("644"), Ok(0o644));
+        assert!(parse_octal("999").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli = Cli::try_parse_from(["bucketfs", "b:p", "/mnt", "--read-only", "-f"]).unwrap();
+        assert!(cli.read_only && cli.foreground);
+        assert_eq!(cli.file_mode, 0o644);
+        assert!(Cli::try_parse_from(["bucketfs", "b"]).is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! Turns the command line and the environment into one checked [`Config`]. Every check that
+//! can be made before touching the network is made here, each failing with one clear sentence.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::Cli;
+use crate::fs::attrs::AttrDefaults;
+use crate::fs::names::normalize_prefix;
+use crate::fs::read::ReadTuning;
+use crate::fs::FsConfig;
+use crate::store::s3::S3Settings;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid bucket name '{0}': a bucket name is 3 to 63 characters of lowercase letters, digits, '-' and '.', starting and ending with a letter or digit")]
+    InvalidBucket(String),
+    #[error("mountpoint {0} does not exist: create it first (mkdir -p {0})")]
+    MountpointMissing(String),
+    #[error("mountpoint {0} is not a directory")]
+    MountpointNotDir(String),
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+/// Where in S3 the mount points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub bucket: String,
+    /// `""` or ending in `/`.
+    pub prefix: String,
+}
+
+/// Parses `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX/` and checks the bucket name.
+pub fn parse_target(value: &str) -> Result<Target, ConfigError> {
+    let (bucket, prefix) = if let Some(rest) = value.strip_prefix("s3://") {
+        rest.split_once('/').unwrap_or((rest, ""))
+    } else {
+        value.split_once(':').unwrap_or((value, ""))
+    };
+    validate_bucket_name(bucket)?;
+    Ok(Target {
+        bucket: bucket.to_string(),
+        prefix: normalize_prefix(prefix),
+    })
+}
+
+pub fn validate_bucket_name(name: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::InvalidBucket(name.to_string());
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !(3..=63).contains(&name.len())
+        || !name.chars().all(allowed)
+        || !edge(name.chars().next())
+        || !edge(name.chars().last())
+        || name.contains("..")
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Everything resolved: what to mount, where, and how.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub target: Target,
+    pub mountpoint: PathBuf,
+    pub s3: S3Settings,
+    pub fs: FsConfig,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub auto_unmount: bool,
+}
+
+/// Reads an environment variable, treating empty as unset.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Resolves the command line. The region is filled in later (it may need the profile
+    /// files) unless given by flag or environment.
+    pub fn resolve(cli: &Cli) -> Result<Self, ConfigError> {
+        let target = parse_target(&cli.bucket)?;
+        let mountpoint = cli.mountpoint.clone();
+        let shown = mountpoint.display().to_string();
+        match std::fs::metadata(&mountpoint) {
+            Err(_) => return Err(ConfigError::MountpointMissing(shown)),
+            Ok(meta) if !meta.is_dir() => return Err(ConfigError::MountpointNotDir(shown)),
+            Ok(_) => {}
+        }
+        if !cli.metadata_ttl.is_finite() || cli.metadata_ttl < 0.0 {
+            return Err(ConfigError::InvalidOption(
+                "--metadata-ttl must be 0 or more seconds".into(),
+            ));
+        }
+        if cli.max_memory < 16 {
+            return Err(ConfigError::InvalidOption(
+                "--max-memory must be at least 16 MiB".into(),
+            ));
+        }
+        if cli.read_part_size > 1 << 30 {
+            return Err(ConfigError::InvalidOption(
+                "--read-part-size must be at most 1G".into(),
+            ));
+        }
+        if cli.max_connections == 0 {
+            return Err(ConfigError::InvalidOption(
+                "--max-connections must be at least 1".into(),
+            ));
+        }
+
+        let endpoint_url = cli
+            .endpoint_url
+            .clone()
+            .or_else(|| env("AWS_ENDPOINT_URL"))
+            .or_else(|| env("S3_ENDPOINT_URL"));
+        if let Some(url) = &endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::InvalidOption(format!(
+                    "endpoint URL '{url}' must start with http:// or https://"
+                )));
+            }
+        }
+        let force_path_style =
+            cli.force_path_style || endpoint_url.as_deref().is_some_and(host_needs_path_style);
+        let region = cli
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("S3_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_default();
+        let static_credentials = match (env("S3_ACCESS_KEY"), env("S3_SECRET_KEY")) {
+            (Some(access), Some(secret)) => Some((access, secret, env("S3_SESSION_TOKEN"))),
+            _ => None,
+        };
+
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let max_memory = cli.max_memory << 20;
+        let part_size = cli.read_part_size;
+        let tuning = ReadTuning {
+            part_size,
+            max_window: (8 * part_size).min(max_memory / 4).max(part_size),
+            ..ReadTuning::default()
+        };
+        Ok(Config {
+            s3: S3Settings {
+                bucket: target.bucket.clone(),
+                region,
+                endpoint_url,
+                force_path_style,
+                profile: cli.profile.clone(),
+                no_sign_request: cli.no_sign_request,
+                static_credentials,
+                max_attempts: cli.max_attempts,
+                max_connections: cli.max_connections,
+            },
+            fs: FsConfig {
+                prefix: target.prefix.clone(),
+                defaults: AttrDefaults {
+                    uid: cli.uid.unwrap_or(uid),
+                    gid: cli.gid.unwrap_or(gid),
+                    file_mode: cli.file_mode,
+                    dir_mode: cli.dir_mode,
+                },
+                metadata_ttl: Duration::from_secs_f64(cli.metadata_ttl),
+                read_only: cli.read_only,
+                tuning,
+                max_memory,
+                ..FsConfig::default()
+            },
+            target,
+            mountpoint,
+            allow_other: cli.allow_other,
+            allow_root: cli.allow_root,
+            auto_unmount: cli.auto_unmount,
+        })
+    }
+}
+
+/// Virtual-hosted addressing (`bucket.host`) cannot work for an IP address or localhost.
+fn host_needs_path_style(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = if authority.starts_with('[') {
+        return true; // IPv6 literal
+    } else {
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
+    };
+    host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_in_every_form() {
+        let t = parse_target("my-bucket").unwrap();
+        assert_eq!((t.bucket.as_str(), t.prefix.as_str()), ("my-bucket", ""));
+        let t = parse_target("my-bucket:some/prefix").unwrap();
+        assert_eq!(
+            (t.bucket.as_str(), t.prefix.as_str()),
+            ("my-bucket", "some/prefix/")
+        );
+        let t = parse_target("s3://my.bucket/a/b/").unwrap();
+        assert_eq!(
+            (t.bucket.as_str(), t.prefix.as_str()),
+            ("my.bucket", "a/b/")
+        );
+        let t = parse_target("s3://my-bucket").unwrap();
+        assert_eq!(t.prefix, "");
+    }
+
+    #[test]
+    fn bad_bucket_names_are_refused() {
+        for bad in [
+            "ab",
+            "Upper",
+            "under_score",
+            "-lead",
+            "trail-",
+            "a..b",
+            &"x".repeat(64),
+            "",
+        ] {
+            assert!(
+                matches!(
+                    validate_bucket_name(bad),
+                    Err(ConfigError::InvalidBucket(_))
+                ),
+                "{bad}"
+            );
+        }
+        for good in ["abc", "my.bucket-1", &"x".repeat(63)] {
+            assert!(validate_bucket_name(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn path_style_is_implied_for_ip_and_localhost() {
+        assert!(host_needs_path_style("http://127.0.0.1:9000"));
+        assert!(host_needs_path_style("http://localhost:9000/"));
+        assert!(host_needs_path_style("http://[::1]:9000"));
+        assert!(!host_needs_path_style("https://s3.example.com"));
+    }
+}

@@ -1,0 +1,483 @@
+//! Filesystem semantics over an [`ObjectStore`], with no FUSE and no SDK types: every operation
+//! here is testable against the in-memory store and runs unchanged on S3.
+
+pub mod attrs;
+pub mod cache;
+pub mod dir;
+pub mod error;
+pub mod inode;
+pub mod names;
+pub mod read;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+use crate::store::{ObjectStore, StoreError};
+use attrs::{AttrDefaults, Attributes, Kind};
+use cache::{BlockCache, NegativeCache};
+use dir::DirListing;
+use error::{FsError, FsResult};
+use inode::InodeTable;
+#[cfg(test)]
+use inode::ROOT_INO;
+use names::{child_key, validate_component};
+use read::{FileReader, ReadContext, ReadTuning};
+
+/// Everything the filesystem layer needs to know, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Key prefix the mount is confined to: `""` or ending in `/`.
+    pub prefix: String,
+    pub defaults: AttrDefaults,
+    /// How long metadata is trusted before asking the store again (`0`: always ask).
+    pub metadata_ttl: Duration,
+    pub negative_cache_entries: usize,
+    pub read_only: bool,
+    pub tuning: ReadTuning,
+    /// One budget for prefetch buffers and cached blocks, in bytes.
+    pub max_memory: u64,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            defaults: AttrDefaults::default(),
+            metadata_ttl: Duration::from_secs(1),
+            negative_cache_entries: 10_000,
+            read_only: false,
+            tuning: ReadTuning::default(),
+            max_memory: 512 << 20,
+        }
+    }
+}
+
+impl FsConfig {
+    /// The block cache gets a quarter of the memory budget, prefetch buffers the rest.
+    pub fn block_cache_bytes(&self) -> u64 {
+        self.max_memory / 4
+    }
+
+    pub fn prefetch_bytes(&self) -> u64 {
+        self.max_memory - self.block_cache_bytes()
+    }
+}
+
+/// An entry as returned to the kernel: its inode number and attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub ino: u64,
+    pub attrs: Attributes,
+}
+
+/// One item of a readdir answer. `offset` is the cookie the kernel passes back to continue
+/// after this item; `counted` says whether the kernel now holds a lookup reference on `ino`.
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub offset: u64,
+    pub name: String,
+    pub entry: Entry,
+    pub counted: bool,
+}
+
+/// Filesystem-wide numbers for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub files: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}
+
+struct DirHandle {
+    ino: u64,
+    listing: DirListing,
+}
+
+pub struct Fs<S> {
+    store: Arc<S>,
+    config: FsConfig,
+    inodes: Mutex<InodeTable>,
+    negative: NegativeCache,
+    read_ctx: ReadContext<S>,
+    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<FileReader<S>>>>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    next_handle: AtomicU64,
+    mount_time: SystemTime,
+}
+
+impl<S: ObjectStore> Fs<S> {
+    pub fn new(store: Arc<S>, config: FsConfig) -> Self {
+        let mount_time = SystemTime::now();
+        let root_attrs = Attributes::directory(mount_time, &config.defaults);
+        let read_ctx = ReadContext {
+            store: store.clone(),
+            cache: Arc::new(BlockCache::new(config.block_cache_bytes() as usize)),
+            budget: Arc::new(Semaphore::new(config.prefetch_bytes() as usize)),
+            tuning: config.tuning,
+        };
+        Self {
+            negative: NegativeCache::new(config.negative_cache_entries, config.metadata_ttl),
+            inodes: Mutex::new(InodeTable::new(config.prefix.clone(), root_attrs)),
+            store,
+            config,
+            read_ctx,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            mount_time,
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// How long the kernel may cache entries and attributes we return.
+    pub fn ttl(&self) -> Duration {
+        self.config.metadata_ttl
+    }
+
+    fn expiry(&self) -> Instant {
+        Instant::now() + self.config.metadata_ttl
+    }
+
+    fn dir_key(&self, ino: u64) -> FsResult<String> {
+        let inodes = self.inodes.lock().unwrap();
+        let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+        match inode.kind() {
+            Kind::Dir => Ok(inode.key.clone()),
+            Kind::File => Err(FsError::NotDir),
+        }
+    }
+
+    /// Looks `name` up in directory `parent`; the kernel holds one more reference on success.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let name = validate_component(name)?;
+        let parent_key = self.dir_key(parent)?;
+        {
+            let mut inodes = self.inodes.lock().unwrap();
+            if let Some(child) = inodes.child(parent, name) {
+                if child.expires > Instant::now() {
+                    let entry = Entry {
+                        ino: child.ino,
+                        attrs: child.attrs.clone(),
+                    };
+                    inodes.add_lookup(entry.ino);
+                    return Ok(entry);
+                }
+            }
+        }
+        if self.negative.contains(parent, name) {
+            return Err(FsError::NotFound);
+        }
+        let key = child_key(&parent_key, name)?;
+        let found = self.probe(&key).await;
+        let mut inodes = self.inodes.lock().unwrap();
+        match found {
+            Ok((entry_key, attrs)) => {
+                let inode =
+                    inodes.upsert_child(parent, name, entry_key, attrs, self.expiry(), true);
+                Ok(Entry {
+                    ino: inode.ino,
+                    attrs: inode.attrs.clone(),
+                })
+            }
+            Err(FsError::NotFound) => {
+                inodes.detach(parent, name);
+                self.negative.insert(parent, name);
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the store what `key` is: a directory (any key below `key/`) wins over a file.
+    async fn probe(&self, key: &str) -> FsResult<(String, Attributes)> {
+        let dir_prefix = format!("{key}/");
+        let (head, below) = tokio::join!(
+            self.store.head(key),
+            self.store.list_page(&dir_prefix, false, None, Some(1))
+        );
+        let below = below?;
+        if !below.objects.is_empty() || !below.prefixes.is_empty() {
+            if head.is_ok() {
+                debug!(key, "file shadowed by a directory of the same name");
+            }
+            let mtime = below
+                .objects
+                .first()
+                .filter(|marker| marker.key == dir_prefix)
+                .map(|marker| marker.last_modified)
+                .unwrap_or(self.mount_time);
+            return Ok((
+                dir_prefix,
+                Attributes::directory(mtime, &self.config.defaults),
+            ));
+        }
+        match head {
+            Ok(info) => Ok((
+                key.to_string(),
+                Attributes::file(&info, &self.config.defaults),
+            )),
+            Err(StoreError::NotFound) => Err(FsError::NotFound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().unwrap().forget(ino, n);
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Entry> {
+        let (key, attrs, fresh) = {
+            let inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+            (
+                inode.key.clone(),
+                inode.attrs.clone(),
+                inode.expires > Instant::now(),
+            )
+        };
+        // Directories have no object of their own to ask about; their listing is fresh at
+        // each opendir.
+        if fresh || attrs.kind == Kind::Dir {
+            return Ok(Entry { ino, attrs });
+        }
+        let attrs = self.refresh_file(ino, &key).await?;
+        Ok(Entry { ino, attrs })
+    }
+
+    async fn refresh_file(&self, ino: u64, key: &str) -> FsResult<Attributes> {
+        match self.store.head(key).await {
+            Ok(info) => {
+                let attrs = Attributes::file(&info, &self.config.defaults);
+                self.inodes
+                    .lock()
+                    .unwrap()
+                    .set_attrs(ino, attrs.clone(), self.expiry());
+                Ok(attrs)
+            }
+            Err(StoreError::NotFound) => {
+                let mut inodes = self.inodes.lock().unwrap();
+                if let Some(inode) = inodes.get(ino) {
+                    let (parent, name) = (inode.parent, inode.name.clone());
+                    inodes.detach(parent, &name);
+                }
+                Err(FsError::NotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let prefix = self.dir_key(ino)?;
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let handle = DirHandle {
+            ino,
+            listing: DirListing::new(prefix, self.config.defaults, self.mount_time),
+        };
+        self.dirs
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(handle)));
+        Ok(fh)
+    }
+
+    /// Entries after cookie `offset` (0 = from the start), at most `max`. With `plus`, each
+    /// returned entry other than `.` and `..` carries a kernel reference (readdirplus).
+    pub async fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        max: usize,
+        plus: bool,
+    ) -> FsResult<Vec<DirItem>> {
+        let handle = self
+            .dirs
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut handle = handle.lock().await;
+        let dir_ino = handle.ino;
+        if offset == 0 {
+            handle.listing.restart();
+        }
+        let mut items = Vec::new();
+        // Cookies: 1 is ".", 2 is "..", 3 + i is listing entry i.
+        if offset < 2 {
+            let (dot, dotdot) = {
+                let inodes = self.inodes.lock().unwrap();
+                let me = inodes.get(dir_ino).ok_or(FsError::NotFound)?;
+                let parent = inodes.get(me.parent).unwrap_or(me);
+                (
+                    Entry {
+                        ino: me.ino,
+                        attrs: me.attrs.clone(),
+                    },
+                    Entry {
+                        ino: parent.ino,
+                        attrs: parent.attrs.clone(),
+                    },
+                )
+            };
+            if offset == 0 {
+                items.push(DirItem {
+                    offset: 1,
+                    name: ".".into(),
+                    entry: dot,
+                    counted: false,
+                });
+            }
+            items.push(DirItem {
+                offset: 2,
+                name: "..".into(),
+                entry: dotdot,
+                counted: false,
+            });
+        }
+        let start = offset.saturating_sub(2) as usize;
+        let want = max.saturating_sub(items.len());
+        let prefix = handle.listing.prefix().to_string();
+        let entries = handle
+            .listing
+            .entries_from(&self.store, start, want)
+            .await?
+            .to_vec();
+        let expires = self.expiry();
+        let mut inodes = self.inodes.lock().unwrap();
+        for (i, e) in entries.into_iter().enumerate() {
+            self.negative.remove(dir_ino, &e.name);
+            let key = match e.attrs.kind {
+                Kind::Dir => format!("{prefix}{}/", e.name),
+                Kind::File => format!("{prefix}{}", e.name),
+            };
+            let entry = if plus {
+                let inode = inodes.upsert_child(dir_ino, &e.name, key, e.attrs, expires, true);
+                Entry {
+                    ino: inode.ino,
+                    attrs: inode.attrs.clone(),
+                }
+            } else {
+                let ino = match inodes.child(dir_ino, &e.name) {
+                    Some(known) if known.kind() == e.attrs.kind => known.ino,
+                    _ => unlisted_ino(&key),
+                };
+                Entry {
+                    ino,
+                    attrs: e.attrs,
+                }
+            };
+            items.push(DirItem {
+                offset: 3 + (start + i) as u64,
+                name: e.name,
+                entry,
+                counted: plus,
+            });
+        }
+        Ok(items)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// Opens a file for reading. Writing is not supported yet: EROFS on a read-only mount,
+    /// EOPNOTSUPP otherwise.
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(self.write_error());
+        }
+        let (key, attrs, fresh) = {
+            let inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+            (
+                inode.key.clone(),
+                inode.attrs.clone(),
+                inode.expires > Instant::now(),
+            )
+        };
+        if attrs.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let attrs = if fresh {
+            attrs
+        } else {
+            self.refresh_file(ino, &key).await?
+        };
+        let reader = FileReader::new(self.read_ctx.clone(), key, attrs.etag.clone(), attrs.size);
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.files
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(reader)));
+        Ok(fh)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let reader = self
+            .files
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut reader = reader.lock().await;
+        reader.read(offset, size).await
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().unwrap().remove(&fh);
+    }
+
+    /// The error every modifying operation returns until the write side exists.
+    pub fn write_error(&self) -> FsError {
+        if self.config.read_only {
+            FsError::ReadOnly
+        } else {
+            FsError::NotSupported
+        }
+    }
+
+    pub fn statfs(&self) -> FsStats {
+        // S3 has no capacity to report: show a large, constant size so tools that check free
+        // space before writing do not refuse.
+        FsStats {
+            blocks: 1 << 40,
+            files: 1 << 32,
+            block_size: 4096,
+            name_max: names::MAX_NAME_BYTES as u32,
+        }
+    }
+
+    /// Number of inodes the table holds (tests and diagnostics).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().unwrap().len()
+    }
+}
+
+/// A stable inode number for an entry readdir shows before any lookup gave it one: the kernel
+/// only uses it for `d_ino`; the real number comes with the lookup. High bit set so it never
+/// collides with allocated numbers.
+fn unlisted_ino(key: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish() | (1 << 63)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,465 @@
+//! Reading one open file: sequential streams through a prefetcher with a growing window of
+//! concurrent ranged GETs; random reads through the shared block cache.
+//!
+//! Every GET is pinned to the ETag seen at open (`If-Match`), so an object replaced while it is
+//! read gives `FsError::Stale`, never a mix of two versions.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::cache::{BlockCache, BlockId};
+use super::error::{FsError, FsResult};
+use crate::store::{ObjectStore, StoreResult};
+
+/// Read tuning, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadTuning {
+    /// Size of each ranged GET once the window has grown (`--read-part-size`).
+    pub part_size: u64,
+    /// Window a new sequential stream starts with: small, so the first byte comes fast.
+    pub initial_window: u64,
+    /// Largest window one stream may grow to.
+    pub max_window: u64,
+    /// Aligned block fetched for a random read (and cached).
+    pub block_size: u64,
+}
+
+impl Default for ReadTuning {
+    fn default() -> Self {
+        Self {
+            part_size: 8 << 20,
+            initial_window: 1 << 20,
+            max_window: 64 << 20,
+            block_size: 256 << 10,
+        }
+    }
+}
+
+/// Distance around the prefetched range within which a read that is not next in line keeps the
+/// stream alive: the kernel sends readahead requests concurrently, so they may arrive slightly
+/// out of order.
+const SEQUENTIAL_SLACK: u64 = 2 << 20;
+
+/// A GET running in the background; aborted when dropped (file closed, stream abandoned).
+struct Fetch(JoinHandle<StoreResult<Bytes>>);
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum PartData {
+    Pending(Fetch),
+    Ready(Bytes),
+}
+
+struct Part {
+    range: Range<u64>,
+    data: PartData,
+    /// Holds this part's bytes against the memory budget until the part is dropped.
+    _budget: Option<OwnedSemaphorePermit>,
+    /// The window already grew when the reader finished this part.
+    counted: bool,
+}
+
+impl Part {
+    async fn bytes(&mut self) -> FsResult<&Bytes> {
+        if let PartData::Pending(fetch) = &mut self.data {
+            let result = (&mut fetch.0)
+                .await
+                .map_err(|e| FsError::Io(format!("prefetch task failed: {e}")))?;
+            self.data = PartData::Ready(result?);
+        }
+        match &self.data {
+            PartData::Ready(bytes) => Ok(bytes),
+            PartData::Pending(_) => unreachable!("resolved above"),
+        }
+    }
+}
+
+/// Shared by every open file: the store, the block cache and the memory budget for prefetch.
+pub struct ReadContext<S> {
+    pub store: Arc<S>,
+    pub cache: Arc<BlockCache>,
+    /// Permits are bytes of prefetch buffers.
+    pub budget: Arc<Semaphore>,
+    pub tuning: ReadTuning,
+}
+
+impl<S> Clone for ReadContext<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+            budget: self.budget.clone(),
+            tuning: self.tuning,
+        }
+    }
+}
+
+pub struct FileReader<S> {
+    ctx: ReadContext<S>,
+    key: String,
+    etag: Option<String>,
+    size: u64,
+    /// Contiguous, ascending ranges being prefetched or held.
+    parts: VecDeque<Part>,
+    /// End of the prefetched range (where the next part starts).
+    fetched_to: u64,
+    /// Where a sequential reader reads next.
+    expected: u64,
+    window: u64,
+}
+
+impl<S: ObjectStore> FileReader<S> {
+    pub fn new(ctx: ReadContext<S>, key: String, etag: Option<String>, size: u64) -> Self {
+        let window = ctx.tuning.initial_window;
+        Self {
+            ctx,
+            key,
+            etag,
+            size,
+            parts: VecDeque::new(),
+            fetched_to: 0,
+            expected: 0,
+            window,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Current prefetch window (for tests and logs).
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    pub async fn read(&mut self, offset: u64, len: u32) -> FsResult<Bytes> {
+        if offset >= self.size || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len as u64).min(self.size);
+        let in_stream = self
+            .parts
+            .front()
+            .is_some_and(|p| p.range.start <= offset && offset < self.fetched_to);
+        let result = if in_stream || offset == self.expected {
+            if !in_stream {
+                self.restart_stream(offset);
+            }
+            self.read_streamed(offset, end).await
+        } else {
+            // Out of order by a little (concurrent kernel readahead) keeps the stream; anything
+            // else abandons it and gives its memory back.
+            let near_stream = self.parts.front().is_some_and(|p| {
+                offset + SEQUENTIAL_SLACK >= p.range.start
+                    && offset <= self.fetched_to + SEQUENTIAL_SLACK
+            });
+            if !near_stream {
+                self.parts.clear();
+                self.window = self.ctx.tuning.initial_window;
+            }
+            self.read_blocks(offset, end).await
+        };
+        if result.is_err() {
+            self.parts.clear();
+        }
+        self.expected = end;
+        result
+    }
+
+    fn restart_stream(&mut self, offset: u64) {
+        self.parts.clear();
+        self.fetched_to = offset;
+        self.window = self.ctx.tuning.initial_window;
+    }
+
+    /// Starts GETs until the prefetched range reaches `from + window`. When the memory budget is
+    /// exhausted the window shrinks instead, except for bytes the current read needs (below
+    /// `needed_to`): those are fetched regardless, so a stream always progresses and the overrun
+    /// is bounded by one read per open file.
+    fn fill_window(&mut self, from: u64, needed_to: u64) {
+        let target = (from + self.window).min(self.size).max(needed_to);
+        while self.fetched_to < target {
+            let len = self
+                .ctx
+                .tuning
+                .part_size
+                .min(self.window)
+                .min(self.size - self.fetched_to);
+            let permits = len.min(u32::MAX as u64) as u32;
+            let budget = match self.ctx.budget.clone().try_acquire_many_owned(permits) {
+                Ok(permit) => Some(permit),
+                Err(_) if self.fetched_to < needed_to => None,
+                Err(_) => {
+                    self.window = (self.window / 2).max(self.ctx.tuning.initial_window);
+                    return;
+                }
+            };
+            let range = self.fetched_to..self.fetched_to + len;
+            let store = self.ctx.store.clone();
+            let key = self.key.clone();
+            let etag = self.etag.clone();
+            let fetch_range = range.clone();
+            let handle =
+                tokio::spawn(
+                    async move { store.get_range(&key, fetch_range, etag.as_deref()).await },
+                );
+            self.parts.push_back(Part {
+                range,
+                data: PartData::Pending(Fetch(handle)),
+                _budget: budget,
+                counted: false,
+            });
+            self.fetched_to += len;
+        }
+    }
+
+    async fn read_streamed(&mut self, offset: u64, end: u64) -> FsResult<Bytes> {
+        // Parts the reader has moved well past are done with.
+        while self
+            .parts
+            .front()
+            .is_some_and(|p| p.range.end + SEQUENTIAL_SLACK <= offset)
+        {
+            self.parts.pop_front();
+        }
+        self.fill_window(offset, end);
+        let mut out: Option<BytesMut> = None;
+        let mut single: Option<Bytes> = None;
+        let mut grow = 0;
+        for part in self.parts.iter_mut() {
+            if part.range.end <= offset {
+                continue;
+            }
+            if part.range.start >= end {
+                break;
+            }
+            let start_in = offset.max(part.range.start);
+            let end_in = end.min(part.range.end);
+            let part_start = part.range.start;
+            let part_end = part.range.end;
+            let bytes = part.bytes().await?.clone();
+            let slice_start = (start_in - part_start) as usize;
+            let slice_end = ((end_in - part_start) as usize).min(bytes.len());
+            if slice_start > slice_end {
+                return Err(FsError::Io("object shorter than its listed size".into()));
+            }
+            let piece = bytes.slice(slice_start..slice_end);
+            if end >= part_end && !part.counted {
+                part.counted = true;
+                grow += 1;
+            }
+            match (&mut out, &single) {
+                (None, None) if end_in == end => {
+                    single = Some(piece);
+                    break;
+                }
+                (None, None) => {
+                    let mut buf = BytesMut::with_capacity((end - offset) as usize);
+                    buf.extend_from_slice(&piece);
+                    out = Some(buf);
+                }
+                (Some(buf), _) => buf.extend_from_slice(&piece),
+                (None, Some(_)) => unreachable!("single piece ends the read"),
+            }
+        }
+        for _ in 0..grow {
+            self.window = (self.window * 2).min(self.ctx.tuning.max_window);
+        }
+        if grow > 0 {
+            self.fill_window(end, end);
+        }
+        Ok(single.unwrap_or_else(|| out.map(BytesMut::freeze).unwrap_or_default()))
+    }
+
+    /// A random read: the aligned blocks covering it, from the cache or fetched concurrently.
+    async fn read_blocks(&mut self, offset: u64, end: u64) -> FsResult<Bytes> {
+        let block_size = self.ctx.tuning.block_size;
+        let first = offset / block_size;
+        let last = (end - 1) / block_size;
+        let fetches = (first..=last).map(|index| self.block(index));
+        let blocks = futures::future::try_join_all(fetches).await?;
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (index, block) in (first..=last).zip(blocks) {
+            let block_start = index * block_size;
+            let from = offset.saturating_sub(block_start) as usize;
+            let to = ((end - block_start) as usize).min(block.len());
+            if from > to {
+                return Err(FsError::Io("object shorter than its listed size".into()));
+            }
+            out.extend_from_slice(&block[from..to]);
+        }
+        Ok(out.freeze())
+    }
+
+    async fn block(&self, index: u64) -> FsResult<Bytes> {
+        let block_size = self.ctx.tuning.block_size;
+        let id = self.etag.as_ref().map(|etag| BlockId {
+            key: self.key.clone(),
+            etag: etag.clone(),
+            index,
+        });
+        if let Some(hit) = id.as_ref().and_then(|id| self.ctx.cache.get(id)) {
+            return Ok(hit);
+        }
+        let start = index * block_size;
+        let range = start..(start + block_size).min(self.size);
+        let data = self
+            .ctx
+            .store
+            .get_range(&self.key, range, self.etag.as_deref())
+            .await?;
+        if let Some(id) = id {
+            self.ctx.cache.insert(id, data.clone());
+        }
+        Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::faulty::{FaultyStore, Op};
+    use crate::store::memory::MemoryStore;
+    use crate::store::StoreError;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn context<S: ObjectStore>(store: Arc<S>, budget: usize) -> ReadContext<S> {
+        ReadContext {
+            store,
+            cache: Arc::new(BlockCache::new(1 << 20)),
+            budget: Arc::new(Semaphore::new(budget)),
+            tuning: ReadTuning {
+                part_size: 64 << 10,
+                initial_window: 16 << 10,
+                max_window: 256 << 10,
+                block_size: 8 << 10,
+            },
+        }
+    }
+
+    async fn reader_for(
+        data: &[u8],
+        budget: usize,
+    ) -> (
+        Arc<FaultyStore<MemoryStore>>,
+        FileReader<FaultyStore<MemoryStore>>,
+    ) {
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        store.inner().insert("obj", data.to_vec());
+        let info = store.head("obj").await.unwrap();
+        let reader = FileReader::new(
+            context(store.clone(), budget),
+            "obj".into(),
+            info.etag,
+            info.size,
+        );
+        (store, reader)
+    }
+
+    #[tokio::test]
+    async fn sequential_reads_return_the_object_and_grow_the_window() {
+        let data = pattern(3 << 20);
+        let (store, mut reader) = reader_for(&data, 8 << 20).await;
+        let mut got = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            let chunk = reader.read(offset, 128 << 10).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            offset += chunk.len() as u64;
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, data);
+        assert_eq!(reader.window(), 256 << 10, "window grew to its maximum");
+        // 3 MiB in parts of at most 64 KiB: far fewer GETs than 128 KiB reads would need if
+        // each were fetched by blocks of 8 KiB.
+        assert!(
+            store.calls(Op::Get) <= (3 << 20) / (16 << 10),
+            "{}",
+            store.calls(Op::Get)
+        );
+    }
+
+    #[tokio::test]
+    async fn random_reads_use_aligned_cached_blocks() {
+        let data = pattern(1 << 20);
+        let (store, mut reader) = reader_for(&data, 8 << 20).await;
+        for &(offset, len) in &[
+            (500_000u64, 4096u32),
+            (100_000, 100),
+            (500_100, 10),
+            (900_000, 20_000),
+        ] {
+            let got = reader.read(offset, len).await.unwrap();
+            assert_eq!(
+                &got[..],
+                &data[offset as usize..offset as usize + len as usize]
+            );
+        }
+        let gets = store.calls(Op::Get);
+        // The third read falls in the block the first one cached.
+        let again = reader.read(500_200, 100).await.unwrap();
+        assert_eq!(&again[..], &data[500_200..500_300]);
+        assert_eq!(store.calls(Op::Get), gets, "served from the block cache");
+    }
+
+    #[tokio::test]
+    async fn reads_past_the_end_are_short_or_empty() {
+        let data = pattern(1000);
+        let (_, mut reader) = reader_for(&data, 1 << 20).await;
+        assert_eq!(reader.read(900, 4096).await.unwrap().len(), 100);
+        assert!(reader.read(1000, 10).await.unwrap().is_empty());
+        assert!(reader.read(5000, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_replaced_object_gives_stale_not_mixed_data() {
+        let data = pattern(1 << 20);
+        let (store, mut reader) = reader_for(&data, 8 << 20).await;
+        reader.read(0, 4096).await.unwrap();
+        store.inner().insert("obj", vec![1u8; 1 << 20]);
+        let err = reader.read(800_000, 4096).await.unwrap_err();
+        assert_eq!(err, FsError::Stale);
+        assert_eq!(err.errno(), libc::ESTALE);
+    }
+
+    #[tokio::test]
+    async fn store_failures_surface_as_errors_and_the_reader_recovers() {
+        let data = pattern(256 << 10);
+        let (store, mut reader) = reader_for(&data, 8 << 20).await;
+        store.fail(Op::Get, StoreError::Transient("connection reset".into()), 1);
+        let err = reader.read(0, 4096).await.unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
+        let got = reader.read(0, 4096).await.unwrap();
+        assert_eq!(&got[..], &data[..4096]);
+    }
+
+    #[tokio::test]
+    async fn a_tiny_budget_still_makes_progress() {
+        let data = pattern(1 << 20);
+        // Budget for exactly one small part at a time.
+        let (_, mut reader) = reader_for(&data, 64 << 10).await;
+        let mut offset = 0u64;
+        while offset < data.len() as u64 {
+            let chunk = reader.read(offset, 32 << 10).await.unwrap();
+            assert_eq!(
+                &chunk[..],
+                &data[offset as usize..offset as usize + chunk.len()]
+            );
+            offset += chunk.len() as u64;
+        }
+    }
+}

@@ -1,0 +1,13 @@
+use clap::Parser;
+
+use bucketfs::cli::Cli;
+use bucketfs::daemon::{self, Ready};
+
+fn main() {
+    let cli = Cli::parse();
+    let ready = Ready::from_env();
+    if !cli.foreground && ready.is_terminal() {
+        daemon::daemonize();
+    }
+    std::process::exit(bucketfs::mount::run(cli, ready));
+}

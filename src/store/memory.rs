@@ -1,0 +1,178 @@
+//! In-memory object store with S3's listing semantics, for unit and model tests.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::ops::Range;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult};
+
+const DEFAULT_MAX_KEYS: usize = 1000;
+
+#[derive(Debug, Clone)]
+struct StoredObject {
+    data: Bytes,
+    info: ObjectInfo,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, StoredObject>>,
+    etag_counter: Mutex<u64>,
+    /// Page size used when the caller does not ask for one (small values exercise pagination).
+    page_size: Option<usize>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store whose listings return at most `page_size` entries per page.
+    pub fn with_page_size(page_size: usize) -> Self {
+        Self {
+            page_size: Some(page_size),
+            ..Self::default()
+        }
+    }
+
+    /// Test helper: put an object synchronously.
+    pub fn insert(&self, key: &str, data: impl Into<Bytes>) {
+        self.insert_with(key, data.into(), &PutOptions::default());
+    }
+
+    fn insert_with(&self, key: &str, data: Bytes, opts: &PutOptions) -> String {
+        let etag = {
+            let mut counter = self.etag_counter.lock().unwrap();
+            *counter += 1;
+            format!("\"etag-{}\"", *counter)
+        };
+        let info = ObjectInfo {
+            key: key.to_string(),
+            size: data.len() as u64,
+            etag: Some(etag.clone()),
+            last_modified: SystemTime::now(),
+            user_metadata: opts.user_metadata.clone(),
+            content_type: opts.content_type.clone(),
+        };
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), StoredObject { data, info });
+        etag
+    }
+
+    /// Test helper: the bytes stored under `key`.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|o| o.data.clone())
+    }
+
+    /// Test helper: every key, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.objects.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn check_bucket(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
+        let objects = self.objects.lock().unwrap();
+        objects
+            .get(key)
+            .map(|o| o.info.clone())
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage> {
+        let max = max_keys
+            .map(|m| m.max(1) as usize)
+            .or(self.page_size)
+            .unwrap_or(DEFAULT_MAX_KEYS);
+        let objects = self.objects.lock().unwrap();
+        let mut page = ListPage::default();
+        // The token is the last key or common prefix returned: continue strictly after it,
+        // and after everything below it when it was a common prefix.
+        let range = match &token {
+            Some(t) => (Bound::Excluded(t.clone()), Bound::Unbounded),
+            None => (Bound::Included(prefix.to_string()), Bound::Unbounded),
+        };
+        let mut last_prefix: Option<String> = token.filter(|t| t.ends_with('/'));
+        let mut last_returned: Option<String> = None;
+        let mut count = 0;
+        for (key, object) in objects.range::<String, _>(range) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if let Some(p) = &last_prefix {
+                if key.starts_with(p.as_str()) {
+                    continue;
+                }
+            }
+            if count == max {
+                page.next_token = last_returned;
+                return Ok(page);
+            }
+            let rest = &key[prefix.len()..];
+            match rest.find('/') {
+                Some(slash) if delimited => {
+                    let common = format!("{}{}", prefix, &rest[..=slash]);
+                    last_prefix = Some(common.clone());
+                    last_returned = Some(common.clone());
+                    page.prefixes.push(common);
+                }
+                _ => {
+                    last_returned = Some(key.clone());
+                    page.objects.push(object.info.clone());
+                }
+            }
+            count += 1;
+        }
+        Ok(page)
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        let objects = self.objects.lock().unwrap();
+        let object = objects.get(key).ok_or(StoreError::NotFound)?;
+        if let Some(expected) = if_match {
+            if object.info.etag.as_deref() != Some(expected) {
+                return Err(StoreError::PreconditionFailed);
+            }
+        }
+        let len = object.data.len() as u64;
+        let start = range.start.min(len) as usize;
+        let end = range.end.min(len) as usize;
+        Ok(object.data.slice(start..end))
+    }
+
+    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
+        Ok(Some(self.insert_with(key, body, opts)))
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! The aws-sdk-s3 implementation of [`ObjectStore`].
+//!
+//! Retries with backoff for throttling and transient errors come from the SDK's standard retry
+//! strategy (bounded by `max_attempts`); the number of requests in flight, and so of open
+//! connections, is bounded by a semaphore.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult};
+
+/// How to reach the store. Secrets live only in `static_credentials` and are never logged.
+#[derive(Clone, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+    pub no_sign_request: bool,
+    /// (access key, secret key, session token) from S3_ACCESS_KEY/S3_SECRET_KEY.
+    pub static_credentials: Option<(String, String, Option<String>)>,
+    pub max_attempts: u32,
+    pub max_connections: usize,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("force_path_style", &self.force_path_style)
+            .field("profile", &self.profile)
+            .field("no_sign_request", &self.no_sign_request)
+            .field("static_credentials", &self.static_credentials.is_some())
+            .finish()
+    }
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    /// Bounds requests in flight, and with them open connections.
+    permits: Arc<Semaphore>,
+    sdk_config: aws_config::SdkConfig,
+}
+
+impl S3Store {
+    pub async fn new(settings: &S3Settings) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()));
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if settings.no_sign_request {
+            loader = loader.no_credentials();
+        } else if let Some((access, secret, token)) = &settings.static_credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                access,
+                secret,
+                token.clone(),
+                None,
+                "S3_ACCESS_KEY",
+            ));
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let sdk_config = loader.load().await;
+        let config = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(settings.force_path_style)
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(120))
+                    .build(),
+            )
+            // Checksums only where the API requires them: several S3-compatible stores reject
+            // or mishandle the newer default trailing checksums.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            bucket: settings.bucket.clone(),
+            permits: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            sdk_config,
+        }
+    }
+
+    /// Resolves credentials once, so that a missing or broken credential chain is reported
+    /// before mounting. Returns `Ok(false)` when requests go unsigned.
+    pub async fn check_credentials(&self) -> Result<bool, String> {
+        use aws_credential_types::provider::ProvideCredentials;
+        match self.sdk_config.credentials_provider() {
+            None => Ok(false),
+            Some(provider) => provider
+                .provide_credentials()
+                .await
+                .map(|_| true)
+                .map_err(|e| DisplayErrorContext(e).to_string()),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+/// Maps an SDK error to its kind, by HTTP status first (HEAD responses carry no error code).
+fn classify<E>(err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().unwrap_or("").to_string();
+    let message = match err.message() {
+        Some(m) => format!("{code}: {m}"),
+        None if !code.is_empty() => code.clone(),
+        None => DisplayErrorContext(&err).to_string(),
+    };
+    match (status, code.as_str()) {
+        (_, "NoSuchBucket") => StoreError::NoSuchBucket,
+        (_, "NoSuchKey") | (Some(404), _) => StoreError::NotFound,
+        (_, "AccessDenied") | (Some(403), _) => StoreError::AccessDenied(message),
+        (_, "PreconditionFailed") | (Some(412), _) => StoreError::PreconditionFailed,
+        (_, "SlowDown") | (_, "Throttling") | (Some(429), _) => StoreError::Throttled(message),
+        (Some(s), _) if s >= 500 => StoreError::Transient(message),
+        (Some(s), _) if s >= 400 => StoreError::InvalidRequest(message),
+        (Some(301), _) => StoreError::Other(format!(
+            "the bucket is in another region (HTTP 301 redirect); pass --region: {message}"
+        )),
+        _ => StoreError::Transient(message),
+    }
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn check_bucket(&self) -> StoreResult<()> {
+        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match classify(e) {
+                StoreError::NotFound => StoreError::NoSuchBucket,
+                other => other,
+            }),
+        }
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
+        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(ObjectInfo {
+            key: key.to_string(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out.e_tag().map(str::to_string),
+            last_modified: to_system_time(out.last_modified()),
+            user_metadata: out.metadata().cloned().unwrap_or_else(HashMap::new),
+            content_type: out.content_type().map(str::to_string),
+        })
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        delimited: bool,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage> {
+        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let mut request = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .set_max_keys(max_keys);
+        if delimited {
+            request = request.delimiter("/");
+        }
+        let out = request.send().await.map_err(classify)?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(str::to_string),
+                    last_modified: to_system_time(o.last_modified()),
+                    user_metadata: HashMap::new(),
+                    content_type: None,
+                })
+            })
+            .collect();
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_string))
+            .collect();
+        let next_token = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            prefixes,
+            next_token,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(classify)?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Transient(format!("reading the response body: {e}")))?;
+        Ok(body.into_bytes())
+    }
+
+    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
+        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let metadata = if opts.user_metadata.is_empty() {
+            None
+        } else {
+            Some(opts.user_metadata.clone())
+        };
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .set_content_type(opts.content_type.clone())
+            .set_metadata(metadata)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
