@@ -45,8 +45,7 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
     let (config, store) = match prepared {
         Ok(ok) => ok,
         Err(message) => {
-            error!("{message}");
-            ready.failure(&message);
+            report_failure(ready, cli.log_file.is_some(), &message);
             return 1;
         }
     };
@@ -58,8 +57,7 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
         Ok(session) => session,
         Err(e) => {
             let message = mount_error_message(&config, &e);
-            error!("{message}");
-            ready.failure(&message);
+            report_failure(ready, cli.log_file.is_some(), &message);
             return 1;
         }
     };
@@ -117,6 +115,15 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
     }
 }
 
+/// Tells the user (terminal or daemonizing parent) why the mount failed, once; the log file,
+/// when there is one, gets it too.
+fn report_failure(ready: Ready, to_log_file: bool, message: &str) {
+    if to_log_file {
+        error!("{message}");
+    }
+    ready.failure(message);
+}
+
 /// Builds the store and checks what can be checked before mounting: credentials, then that
 /// the bucket is there and reachable.
 async fn connect(config: &mut Config) -> Result<S3Store, String> {
@@ -137,11 +144,11 @@ async fn connect(config: &mut Config) -> Result<S3Store, String> {
         match creds {
             Ok(Ok(_)) => {}
             Ok(Err(detail)) => {
-                return Err(format!(
-                    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
-                     (or S3_ACCESS_KEY and S3_SECRET_KEY), pass --profile, or use \
-                     --no-sign-request for a public bucket ({detail})"
-                ))
+                tracing::debug!("credential chain: {detail}");
+                return Err("no AWS credentials found: set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY (or S3_ACCESS_KEY and S3_SECRET_KEY), pass --profile, \
+                     or use --no-sign-request for a public bucket"
+                    .to_string());
             }
             Err(_) => return Err("timed out looking for AWS credentials".to_string()),
         }

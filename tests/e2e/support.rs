@@ -1,0 +1,378 @@
+//! End-to-end test support: a real S3 server (started through `scripts/local-s3`), buckets
+//! filled through the S3 API, and real FUSE mounts of the release binary that are always
+//! unmounted, on failure too.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+
+pub const ACCESS_KEY: &str = "bucketfs-test-key";
+pub const SECRET_KEY: &str = "bucketfs-test-secret";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bucketfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bucketfs")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// A local S3 server started by `scripts/local-s3`; stopped when the test process exits.
+pub struct Server {
+    pub port: u16,
+    pub endpoint: String,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+extern "C" fn stop_server_at_exit() {
+    if let Some(server) = SERVER.get() {
+        let _ = Command::new(repo_root().join("scripts/local-s3"))
+            .args(["stop", "--port", &server.port.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Starts `scripts/local-s3` on `port` with extra environment; panics with the script's
+/// output when it cannot.
+pub fn start_local_s3(port: u16, extra_env: &[(&str, &str)]) {
+    let output = Command::new(repo_root().join("scripts/local-s3"))
+        .args(["start", "--port", &port.to_string()])
+        .envs(extra_env.iter().copied())
+        .output()
+        .expect("run scripts/local-s3 (is python3 installed?)");
+    assert!(
+        output.status.success(),
+        "scripts/local-s3 could not start the S3 server:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+pub fn stop_local_s3(port: u16) {
+    let _ = Command::new(repo_root().join("scripts/local-s3"))
+        .args(["stop", "--port", &port.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        let port = free_port();
+        start_local_s3(port, &[]);
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe { libc::atexit(stop_server_at_exit) };
+        Server {
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    })
+}
+
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+pub fn s3_client(endpoint: &str) -> Client {
+    let creds = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    Client::from_conf(config)
+}
+
+/// A fresh bucket on the shared server, accessed through the S3 API (never the mount).
+pub struct TestBucket {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestBucket {
+    pub fn new() -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "e2e-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let client = s3_client(&server().endpoint);
+        runtime()
+            .block_on(client.create_bucket().bucket(&name).send())
+            .expect("create bucket");
+        Self { name, client }
+    }
+
+    pub fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
+        let body = body.into();
+        runtime()
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(&self.name)
+                    .key(key)
+                    .body(ByteStream::from(body))
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
+    pub fn put_many(&self, keys: &[String], body: &[u8]) {
+        runtime().block_on(async {
+            let mut tasks = Vec::new();
+            for chunk in keys.chunks(keys.len().div_ceil(16).max(1)) {
+                let client = self.client.clone();
+                let bucket = self.name.clone();
+                let chunk = chunk.to_vec();
+                let body = body.to_vec();
+                tasks.push(tokio::spawn(async move {
+                    for key in chunk {
+                        client
+                            .put_object()
+                            .bucket(&bucket)
+                            .key(&key)
+                            .body(ByteStream::from(body.clone()))
+                            .send()
+                            .await
+                            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.expect("put task");
+            }
+        });
+    }
+
+    /// The bytes the server holds for `key`.
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        runtime().block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.name)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
+            out.body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .to_vec()
+        })
+    }
+
+    /// Every key the server holds, in order.
+    pub fn keys(&self) -> Vec<String> {
+        runtime().block_on(async {
+            let mut keys = Vec::new();
+            let mut token = None;
+            loop {
+                let out = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.name)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                    .expect("list");
+                keys.extend(
+                    out.contents()
+                        .iter()
+                        .filter_map(|o| o.key().map(String::from)),
+                );
+                token = out.next_continuation_token().map(String::from);
+                if token.is_none() {
+                    break;
+                }
+            }
+            keys
+        })
+    }
+}
+
+/// Environment for bucketfs pointing at the shared server.
+pub fn server_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", server().endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+    ]
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let wanted = path.to_string_lossy().replace(' ', "\\040");
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(wanted.as_str()))
+}
+
+/// Unmounts `dir` with fusermount3 (lazily if busy).
+pub fn unmount(dir: &Path) {
+    if !is_mounted(dir) {
+        return;
+    }
+    let ok = Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(dir)
+            .status();
+    }
+}
+
+/// A live mount of the release binary, run in the foreground as our child. Dropping it
+/// unmounts and ends the child, whatever happened in the test.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn new(bucket: &str, extra_args: &[&str]) -> Self {
+        let fusermount = Command::new("fusermount3").arg("-V").output();
+        assert!(
+            fusermount.is_ok(),
+            "fusermount3 is missing: install fuse3 (apt-get install fuse3); .ci/run does this"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("bucketfs-mnt-")
+            .tempdir()
+            .expect("temp mountpoint");
+        let log = dir.path().with_extension("log");
+        let child = Command::new(bucketfs_bin())
+            .arg(bucket)
+            .arg(dir.path())
+            .arg("-f")
+            .args(extra_args)
+            .envs(server_env())
+            .env("RUST_LOG", "bucketfs=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start bucketfs");
+        let mut mount = Mount {
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(mount.path()) {
+            if let Some(status) = mount
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("bucketfs exited ({status}) before mounting:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bucketfs did not mount within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mount
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        unmount(self.dir.path());
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.dir.path().with_extension("log"));
+    }
+}
+
+/// Runs a shell command line, returning its output; panics if it cannot start.
+pub fn sh(script: &str) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run bash")
+}
+
+/// Runs a shell command line that must succeed, returning its stdout.
+pub fn sh_ok(script: &str) -> String {
+    let out = sh(script);
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+pub fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', "'\\''"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so servers that compress see no pattern.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
