@@ -55,12 +55,8 @@ async fn client() -> Client {
         .await;
     let s3 = aws_sdk_s3::config::Builder::from(&config)
         .force_path_style(true)
-        .request_checksum_calculation(
-            aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-        )
-        .response_checksum_validation(
-            aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-        )
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
         .build();
     Client::from_conf(s3)
 }
@@ -72,7 +68,13 @@ fn report(op: &str, bytes: u64, started: Instant) {
 }
 
 /// Concurrent ranged GETs of the whole object, bytes discarded.
-async fn get(client: Client, bucket: &str, key: &str, part: u64, concurrency: usize) -> Result<(), String> {
+async fn get(
+    client: Client,
+    bucket: &str,
+    key: &str,
+    part: u64,
+    concurrency: usize,
+) -> Result<(), String> {
     let started = Instant::now();
     let head = client
         .head_object()
@@ -129,7 +131,14 @@ fn random_part(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A multipart upload of `size` random bytes with `concurrency` parts in flight.
-async fn put(client: Client, bucket: &str, key: &str, size: u64, part: u64, concurrency: usize) -> Result<(), String> {
+async fn put(
+    client: Client,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    part: u64,
+    concurrency: usize,
+) -> Result<(), String> {
     if size <= part {
         let started = Instant::now();
         client
@@ -161,7 +170,12 @@ async fn put(client: Client, bucket: &str, key: &str, size: u64, part: u64, conc
     let mut tasks = Vec::new();
     for (i, body) in parts.into_iter().enumerate() {
         let permit = permits.clone().acquire_owned().await.expect("semaphore");
-        let (client, bucket, key, id) = (client.clone(), bucket.to_string(), key.to_string(), upload_id.clone());
+        let (client, bucket, key, id) = (
+            client.clone(),
+            bucket.to_string(),
+            key.to_string(),
+            upload_id.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let number = i as i32 + 1;
@@ -192,7 +206,11 @@ async fn put(client: Client, bucket: &str, key: &str, size: u64, part: u64, conc
         .bucket(bucket)
         .key(key)
         .upload_id(upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(completed))
+                .build(),
+        )
         .send()
         .await
         .map_err(|e| format!("complete: {e:?}"))?;
