@@ -129,6 +129,13 @@ impl InodeTable {
         }
     }
 
+    /// Marks the attributes of `ino` as stale: the next use asks the store.
+    pub fn expire(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.expires = Instant::now();
+        }
+    }
+
     /// Forgets the name (the entry no longer exists); the inode itself lives on until the
     /// kernel forgets it, so open files keep working.
     pub fn detach(&mut self, parent: u64, name: &str) {

@@ -108,7 +108,8 @@ pub struct Fs<S> {
     inodes: Mutex<InodeTable>,
     negative: NegativeCache,
     read_ctx: ReadContext<S>,
-    files: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<FileReader<S>>>>>,
+    /// Open files: handle -> (inode, reader).
+    files: Mutex<HashMap<u64, (u64, Arc<tokio::sync::Mutex<FileReader<S>>>)>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     next_handle: AtomicU64,
     mount_time: SystemTime,
@@ -424,20 +425,24 @@ impl<S: ObjectStore> Fs<S> {
         self.files
             .lock()
             .unwrap()
-            .insert(fh, Arc::new(tokio::sync::Mutex::new(reader)));
+            .insert(fh, (ino, Arc::new(tokio::sync::Mutex::new(reader))));
         Ok(fh)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let reader = self
+        let (ino, reader) = self
             .files
             .lock()
             .unwrap()
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
-        let mut reader = reader.lock().await;
-        reader.read(offset, size).await
+        let result = reader.lock().await.read(offset, size).await;
+        if result == Err(FsError::Stale) {
+            // The object changed: the next open must not trust the cached ETag.
+            self.inodes.lock().unwrap().expire(ino);
+        }
+        result
     }
 
     pub fn release(&self, fh: u64) {

@@ -279,3 +279,15 @@ async fn invalid_names_are_rejected_with_their_errno() {
         libc::ENAMETOOLONG
     );
 }
+
+#[tokio::test]
+async fn after_a_stale_read_the_next_open_sees_the_new_object() {
+    let (store, fs) = fs_of(&[("f", "old contents")]);
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
+    store.inner().insert("f", "new contents!");
+    assert_eq!(fs.read(fh, 0, 100).await, Err(FsError::Stale));
+    fs.release(fh);
+    // Well within the TTL, yet the reopen asks the store again.
+    assert_eq!(read_all(&fs, "f").await.unwrap(), b"new contents!");
+}
