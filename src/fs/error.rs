@@ -27,6 +27,17 @@ pub enum FsError {
     Stale,
     #[error("permission denied: {0}")]
     AccessDenied(String),
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file exists")]
+    Exists,
+    /// The file is open for writing by another handle of this mount.
+    #[error("file busy")]
+    Busy,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("file too large")]
+    FileTooLarge,
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -48,6 +59,11 @@ impl FsError {
             // which is exactly what happened; reopening sees the new object.
             FsError::Stale => libc::ESTALE,
             FsError::AccessDenied(_) => libc::EACCES,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Exists => libc::EEXIST,
+            FsError::Busy => libc::EBUSY,
+            FsError::Invalid => libc::EINVAL,
+            FsError::FileTooLarge => libc::EFBIG,
             FsError::Io(_) => libc::EIO,
         }
     }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod inode;
 pub mod names;
 pub mod read;
+pub mod write;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

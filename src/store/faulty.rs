@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult};
+use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart};
 
 /// The store operations a fault can be attached to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +18,11 @@ pub enum Op {
     Get,
     Put,
     Delete,
+    CreateMultipart,
+    UploadPart,
+    CompleteMultipart,
+    AbortMultipart,
+    Copy,
 }
 
 struct Fault {
@@ -30,7 +35,7 @@ struct Fault {
 pub struct FaultyStore<S> {
     inner: S,
     faults: Mutex<Vec<Fault>>,
-    calls: [AtomicUsize; 6],
+    calls: [AtomicUsize; 11],
 }
 
 impl<S: ObjectStore> FaultyStore<S> {
@@ -114,5 +119,61 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.check(Op::Delete)?;
         self.inner.delete(key).await
+    }
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
+        self.check(Op::CreateMultipart)?;
+        self.inner.create_multipart(key, opts).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<UploadedPart> {
+        self.check(Op::UploadPart)?;
+        self.inner.upload_part(key, upload_id, number, body).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: &str,
+        range: Range<u64>,
+    ) -> StoreResult<UploadedPart> {
+        self.check(Op::UploadPart)?;
+        self.inner
+            .upload_part_copy(key, upload_id, number, source, range)
+            .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> StoreResult<Option<String>> {
+        self.check(Op::CompleteMultipart)?;
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.check(Op::AbortMultipart)?;
+        self.inner.abort_multipart(key, upload_id).await
+    }
+
+    async fn copy(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+    ) -> StoreResult<()> {
+        self.check(Op::Copy)?;
+        self.inner.copy(source, dest, opts, replace_metadata).await
     }
 }

@@ -9,7 +9,9 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult};
+use std::collections::HashMap;
+
+use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart};
 
 const DEFAULT_MAX_KEYS: usize = 1000;
 
@@ -19,12 +21,21 @@ struct StoredObject {
     info: ObjectInfo,
 }
 
+struct Upload {
+    key: String,
+    opts: PutOptions,
+    parts: BTreeMap<i32, Bytes>,
+}
+
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, StoredObject>>,
+    uploads: Mutex<HashMap<String, Upload>>,
     etag_counter: Mutex<u64>,
     /// Page size used when the caller does not ask for one (small values exercise pagination).
     page_size: Option<usize>,
+    /// Smallest size of a part that is not the last (S3: 5 MiB); 0 checks nothing.
+    min_part_size: usize,
 }
 
 impl MemoryStore {
@@ -40,17 +51,39 @@ impl MemoryStore {
         }
     }
 
+    /// Enforces S3's rule that every part but the last has at least `bytes`.
+    pub fn with_min_part_size(mut self, bytes: usize) -> Self {
+        self.min_part_size = bytes;
+        self
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.lock().unwrap().len()
+    }
+
+    /// Test helper: the stored metadata of `key`.
+    pub fn info(&self, key: &str) -> Option<ObjectInfo> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|o| o.info.clone())
+    }
+
+    fn next_id(&self) -> u64 {
+        let mut counter = self.etag_counter.lock().unwrap();
+        *counter += 1;
+        *counter
+    }
+
     /// Test helper: put an object synchronously.
     pub fn insert(&self, key: &str, data: impl Into<Bytes>) {
         self.insert_with(key, data.into(), &PutOptions::default());
     }
 
     fn insert_with(&self, key: &str, data: Bytes, opts: &PutOptions) -> String {
-        let etag = {
-            let mut counter = self.etag_counter.lock().unwrap();
-            *counter += 1;
-            format!("\"etag-{}\"", *counter)
-        };
+        let etag = format!("\"etag-{}\"", self.next_id());
         let info = ObjectInfo {
             key: key.to_string(),
             size: data.len() as u64,
@@ -173,6 +206,108 @@ impl ObjectStore for MemoryStore {
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
+        let id = format!("upload-{}", self.next_id());
+        self.uploads.lock().unwrap().insert(
+            id.clone(),
+            Upload {
+                key: key.to_string(),
+                opts: opts.clone(),
+                parts: BTreeMap::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<UploadedPart> {
+        let mut uploads = self.uploads.lock().unwrap();
+        let upload = uploads
+            .get_mut(upload_id)
+            .filter(|u| u.key == key)
+            .ok_or_else(|| StoreError::InvalidRequest("NoSuchUpload".into()))?;
+        upload.parts.insert(number, body);
+        Ok(UploadedPart {
+            number,
+            etag: Some(format!("\"part-{number}\"")),
+        })
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: &str,
+        range: Range<u64>,
+    ) -> StoreResult<UploadedPart> {
+        let data = self.get_range(source, range, None).await?;
+        self.upload_part(key, upload_id, number, data).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> StoreResult<Option<String>> {
+        let upload = {
+            let mut uploads = self.uploads.lock().unwrap();
+            match uploads.get(upload_id) {
+                Some(u) if u.key == key => {}
+                _ => return Err(StoreError::InvalidRequest("NoSuchUpload".into())),
+            }
+            uploads.remove(upload_id).expect("checked above")
+        };
+        let mut body = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let data = upload
+                .parts
+                .get(&part.number)
+                .ok_or_else(|| StoreError::InvalidRequest("InvalidPart".into()))?;
+            if i + 1 < parts.len() && data.len() < self.min_part_size {
+                return Err(StoreError::InvalidRequest("EntityTooSmall".into()));
+            }
+            body.extend_from_slice(data);
+        }
+        Ok(Some(self.insert_with(key, Bytes::from(body), &upload.opts)))
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
+        self.uploads.lock().unwrap().remove(upload_id);
+        Ok(())
+    }
+
+    async fn copy(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+    ) -> StoreResult<()> {
+        let (data, info) = {
+            let objects = self.objects.lock().unwrap();
+            let object = objects.get(source).ok_or(StoreError::NotFound)?;
+            (object.data.clone(), object.info.clone())
+        };
+        let opts = if replace_metadata {
+            opts.clone()
+        } else {
+            PutOptions {
+                content_type: info.content_type,
+                user_metadata: info.user_metadata,
+                ..opts.clone()
+            }
+        };
+        self.insert_with(dest, data, &opts);
         Ok(())
     }
 }

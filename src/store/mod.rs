@@ -62,11 +62,25 @@ pub struct ListPage {
     pub next_token: Option<String>,
 }
 
-/// Options for a PUT of a whole object.
-#[derive(Debug, Clone, Default)]
+/// What a new object carries besides its bytes: content type, user metadata (the POSIX
+/// attributes in s3fs form) and the mount-wide upload options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
     pub content_type: Option<String>,
     pub user_metadata: HashMap<String, String>,
+    pub storage_class: Option<String>,
+    /// `AES256` or `aws:kms`.
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// A canned ACL such as `private` or `bucket-owner-full-control`.
+    pub acl: Option<String>,
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub number: i32,
+    pub etag: Option<String>,
 }
 
 #[async_trait]
@@ -100,4 +114,48 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// DeleteObject (succeeds when the key is already gone, as S3 does).
     async fn delete(&self, key: &str) -> StoreResult<()>;
+
+    /// Starts a multipart upload; returns its id.
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String>;
+
+    /// Uploads part `number` (1-based) of an upload.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<UploadedPart>;
+
+    /// Copies bytes `range` of `source` into part `number` of an upload (UploadPartCopy).
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source: &str,
+        range: Range<u64>,
+    ) -> StoreResult<UploadedPart>;
+
+    /// Completes an upload from its parts, in order. Returns the new ETag.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> StoreResult<Option<String>>;
+
+    /// Aborts an upload, dropping its parts.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+
+    /// Server-side copy of an object up to 5 GiB (CopyObject), with the mount's storage class,
+    /// encryption and ACL from `opts`. With `replace_metadata` the copy gets `opts`' content
+    /// type and user metadata; otherwise it keeps the source's.
+    async fn copy(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+    ) -> StoreResult<()>;
 }

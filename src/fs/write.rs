@@ -1,0 +1,509 @@
+//! Writing one file: bytes stream into a multipart upload while the application writes (parts
+//! uploaded concurrently in the background, memory held against the shared budget), or into
+//! one PutObject at close for files smaller than a part.
+//!
+//! Nothing is visible in S3 before `commit` (close or fsync), and `commit` returns Ok only once
+//! S3 confirmed the object. On any failure the multipart upload is aborted (no orphan parts)
+//! and the error is returned to the caller, never swallowed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use super::error::{FsError, FsResult};
+use crate::store::{ObjectStore, PutOptions, StoreResult, UploadedPart};
+
+/// S3's smallest part (all but the last) and largest part count.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+pub const MAX_PARTS: i32 = 10_000;
+const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// How long a writer waits for memory before going over budget rather than risking a
+/// deadlock (every writer waiting on memory held by the others' partial parts).
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
+
+/// The part size for part `number` (1-based): the configured size for the first 1,000 parts,
+/// doubling every 1,000 parts after, so 10,000 parts of an 8 MiB start reach over 5 TiB.
+pub fn part_size_for(base: u64, number: i32) -> u64 {
+    let doublings = ((number - 1).max(0) / 1000) as u32;
+    base.max(MIN_PART_SIZE)
+        .saturating_mul(1u64 << doublings.min(20))
+        .min(MAX_PART_SIZE)
+}
+
+struct Upload {
+    id: String,
+    next_number: i32,
+    running: Vec<JoinHandle<StoreResult<UploadedPart>>>,
+}
+
+/// What state the file's content is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Accepting sequential writes.
+    Open,
+    /// The object is in S3; nothing new since.
+    Committed,
+    /// An existing object opened for writing without truncation: writes need a truncate first
+    /// (overwriting in place is not supported yet).
+    NeedsTruncate,
+    /// A background part upload failed; every later call reports it.
+    Failed(FsError),
+}
+
+pub struct FileWriter<S> {
+    store: Arc<S>,
+    key: String,
+    opts: PutOptions,
+    base_part_size: u64,
+    budget: Arc<Semaphore>,
+    buffer: BytesMut,
+    /// Budget held for `buffer`.
+    buffer_permit: Option<OwnedSemaphorePermit>,
+    size: u64,
+    upload: Option<Upload>,
+    done_parts: Vec<UploadedPart>,
+    state: State,
+    /// Set when the file was unlinked while open: nothing is uploaded at close.
+    discarded: bool,
+}
+
+impl<S: ObjectStore> FileWriter<S> {
+    /// A writer for a new (or truncated) object.
+    pub fn new(
+        store: Arc<S>,
+        key: String,
+        opts: PutOptions,
+        part_size: u64,
+        budget: Arc<Semaphore>,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            opts,
+            base_part_size: part_size,
+            budget,
+            buffer: BytesMut::new(),
+            buffer_permit: None,
+            size: 0,
+            upload: None,
+            done_parts: Vec::new(),
+            state: State::Open,
+            discarded: false,
+        }
+    }
+
+    /// A writer on an existing object of `size` bytes that was opened without `O_TRUNC`.
+    pub fn existing(mut self, size: u64) -> Self {
+        if size > 0 {
+            self.size = size;
+            self.state = State::NeedsTruncate;
+        } else {
+            // Nothing to overwrite: behaves as a new file, but is only uploaded if written to.
+            self.state = State::Committed;
+        }
+        self
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn set_key(&mut self, key: String) {
+        self.key = key;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn opts(&self) -> &PutOptions {
+        &self.opts
+    }
+
+    pub fn opts_mut(&mut self) -> &mut PutOptions {
+        &mut self.opts
+    }
+
+    /// True while written bytes are not in S3 yet.
+    pub fn is_dirty(&self) -> bool {
+        matches!(self.state, State::Open | State::Failed(_))
+    }
+
+    pub fn discard(&mut self) {
+        self.discarded = true;
+    }
+
+    /// Appends `data` at `offset`, which must be the current end of the file.
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
+        match &self.state {
+            State::Failed(e) => return Err(e.clone()),
+            State::NeedsTruncate => return Err(FsError::NotSupported),
+            State::Committed if offset != 0 || self.size != 0 => {
+                // Continuing after close/fsync would need the committed bytes again.
+                return Err(FsError::NotSupported);
+            }
+            _ => {}
+        }
+        if offset != self.size {
+            debug!(key = %self.key, offset, size = self.size, "non-sequential write refused");
+            return Err(FsError::NotSupported);
+        }
+        if self.state == State::Committed {
+            self.state = State::Open;
+        }
+        self.reserve(data.len()).await;
+        self.buffer.extend_from_slice(data);
+        self.size += data.len() as u64;
+        loop {
+            let number = self.upload.as_ref().map(|u| u.next_number).unwrap_or(1);
+            let part_size = part_size_for(self.base_part_size, number) as usize;
+            if self.buffer.len() < part_size {
+                break;
+            }
+            if number > MAX_PARTS {
+                return Err(self.fail(FsError::FileTooLarge).await);
+            }
+            let part = self.buffer.split_to(part_size).freeze();
+            let permit = self.take_permit(part.len());
+            if let Err(e) = self.send_part(part, permit).await {
+                return Err(self.fail(e).await);
+            }
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Holds budget for `len` more buffered bytes, waiting for other writers' parts to finish
+    /// when the budget is used up (bounded, see `BUDGET_WAIT`).
+    async fn reserve(&mut self, len: usize) {
+        let permits = len as u32;
+        let permit = match self.budget.clone().try_acquire_many_owned(permits) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let wait = self.budget.clone().acquire_many_owned(permits);
+                match tokio::time::timeout(BUDGET_WAIT, wait).await {
+                    Ok(Ok(p)) => Some(p),
+                    _ => {
+                        warn!(key = %self.key, "memory budget exhausted; continuing over budget");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(permit) = permit {
+            match &mut self.buffer_permit {
+                Some(held) => held.merge(permit),
+                None => self.buffer_permit = Some(permit),
+            }
+        }
+    }
+
+    fn take_permit(&mut self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let held = self.buffer_permit.as_mut()?;
+        if held.num_permits() <= len {
+            return self.buffer_permit.take();
+        }
+        held.split(len)
+    }
+
+    async fn send_part(
+        &mut self,
+        body: Bytes,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> FsResult<()> {
+        if self.upload.is_none() {
+            let id = self.store.create_multipart(&self.key, &self.opts).await?;
+            self.upload = Some(Upload {
+                id,
+                next_number: 1,
+                running: Vec::new(),
+            });
+        }
+        let upload = self.upload.as_mut().expect("just created");
+        // Reap finished parts first so a failure surfaces at the next write.
+        let mut still_running = Vec::with_capacity(upload.running.len());
+        for handle in upload.running.drain(..) {
+            if handle.is_finished() {
+                let part = handle
+                    .await
+                    .map_err(|e| FsError::Io(format!("part upload task: {e}")))??;
+                self.done_parts.push(part);
+            } else {
+                still_running.push(handle);
+            }
+        }
+        upload.running = still_running;
+        let number = upload.next_number;
+        upload.next_number += 1;
+        let (store, key, id) = (self.store.clone(), self.key.clone(), upload.id.clone());
+        upload.running.push(tokio::spawn(async move {
+            let _permit = permit;
+            store.upload_part(&key, &id, number, body).await
+        }));
+        Ok(())
+    }
+
+    /// Makes the written bytes the object in S3. Ok only once S3 confirmed it; returns the new
+    /// size and ETag (None when there was nothing to upload).
+    pub async fn commit(&mut self) -> FsResult<Option<(u64, Option<String>)>> {
+        match &self.state {
+            State::Failed(e) => return Err(e.clone()),
+            State::Committed | State::NeedsTruncate => return Ok(None),
+            State::Open => {}
+        }
+        if self.discarded {
+            self.abort().await;
+            self.state = State::Committed;
+            return Ok(None);
+        }
+        let result = self.finish().await;
+        self.buffer_permit = None;
+        match result {
+            Ok(etag) => {
+                self.state = State::Committed;
+                Ok(Some((self.size, etag)))
+            }
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    async fn finish(&mut self) -> FsResult<Option<String>> {
+        let rest = std::mem::take(&mut self.buffer).freeze();
+        if self.upload.is_none() {
+            // Small and empty files: one PutObject (some servers reject an empty part).
+            return Ok(self.store.put(&self.key, rest, &self.opts).await?);
+        }
+        if !rest.is_empty() {
+            self.send_part(rest, None).await?;
+        }
+        let upload = self.upload.as_mut().expect("checked above");
+        for handle in upload.running.drain(..) {
+            let part = handle
+                .await
+                .map_err(|e| FsError::Io(format!("part upload task: {e}")))??;
+            self.done_parts.push(part);
+        }
+        self.done_parts.sort_by_key(|p| p.number);
+        let id = upload.id.clone();
+        let etag = self
+            .store
+            .complete_multipart(&self.key, &id, &self.done_parts)
+            .await?;
+        self.upload = None;
+        self.done_parts.clear();
+        Ok(etag)
+    }
+
+    /// Drops everything written so far (truncate to 0): the file is empty and open again.
+    pub async fn truncate(&mut self) -> FsResult<()> {
+        self.abort().await;
+        self.buffer = BytesMut::new();
+        self.buffer_permit = None;
+        self.size = 0;
+        self.state = State::Open;
+        Ok(())
+    }
+
+    /// Stops and aborts any multipart upload in progress (best effort, logged).
+    pub async fn abort(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            for handle in upload.running {
+                handle.abort();
+            }
+            if let Err(e) = self.store.abort_multipart(&self.key, &upload.id).await {
+                warn!(key = %self.key, "aborting the multipart upload failed: {e}");
+            }
+        }
+        self.done_parts.clear();
+    }
+
+    async fn fail(&mut self, error: FsError) -> FsError {
+        warn!(key = %self.key, "upload failed: {error}");
+        self.abort().await;
+        self.buffer = BytesMut::new();
+        self.buffer_permit = None;
+        // The caller gets EIO for data S3 did not take; the specific cause is in the log.
+        let error = match error {
+            FsError::FileTooLarge | FsError::AccessDenied(_) => error,
+            other => FsError::Io(other.to_string()),
+        };
+        self.state = State::Failed(error.clone());
+        error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::faulty::{FaultyStore, Op};
+    use crate::store::memory::MemoryStore;
+    use crate::store::StoreError;
+
+    fn writer(
+        store: &Arc<FaultyStore<MemoryStore>>,
+        part: u64,
+    ) -> FileWriter<FaultyStore<MemoryStore>> {
+        FileWriter::new(
+            store.clone(),
+            "k".into(),
+            PutOptions::default(),
+            part,
+            Arc::new(Semaphore::new(64 << 20)),
+        )
+    }
+
+    fn store() -> Arc<FaultyStore<MemoryStore>> {
+        Arc::new(FaultyStore::new(
+            MemoryStore::new().with_min_part_size(MIN_PART_SIZE as usize),
+        ))
+    }
+
+    async fn write_all(
+        w: &mut FileWriter<FaultyStore<MemoryStore>>,
+        data: &[u8],
+        chunk: usize,
+    ) -> FsResult<()> {
+        let mut offset = 0;
+        for piece in data.chunks(chunk) {
+            w.write(offset, piece).await?;
+            offset += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn part_sizes_grow_to_reach_five_tebibytes() {
+        let base = 8 << 20;
+        assert_eq!(part_size_for(base, 1), base);
+        assert_eq!(part_size_for(base, 1000), base);
+        assert_eq!(part_size_for(base, 1001), 2 * base);
+        let total: u64 = (1..=MAX_PARTS).map(|n| part_size_for(base, n)).sum();
+        assert!(total >= 5 << 40, "{total}");
+        assert_eq!(
+            part_size_for(1, 1),
+            MIN_PART_SIZE,
+            "never below S3's minimum"
+        );
+    }
+
+    #[tokio::test]
+    async fn small_and_empty_files_are_one_put() {
+        let store = store();
+        let mut w = writer(&store, 8 << 20);
+        assert_eq!(w.commit().await.unwrap().map(|(s, _)| s), Some(0));
+        assert_eq!(store.inner().get("k").unwrap().len(), 0);
+        let mut w = writer(&store, 8 << 20);
+        write_all(&mut w, b"hello", 2).await.unwrap();
+        assert!(
+            store.inner().get("k").unwrap().is_empty(),
+            "not visible before commit"
+        );
+        w.commit().await.unwrap();
+        assert_eq!(&store.inner().get("k").unwrap()[..], b"hello");
+        assert_eq!(store.calls(Op::CreateMultipart), 0);
+    }
+
+    #[tokio::test]
+    async fn large_files_stream_as_multipart() {
+        let store = store();
+        let data: Vec<u8> = (0..(12 << 20) + 123).map(|i| (i % 253) as u8).collect();
+        let mut w = writer(&store, MIN_PART_SIZE);
+        write_all(&mut w, &data, 128 << 10).await.unwrap();
+        assert_eq!(
+            store.calls(Op::CreateMultipart),
+            1,
+            "the upload started while writing"
+        );
+        assert!(store.inner().get("k").is_none());
+        w.commit().await.unwrap();
+        assert_eq!(store.inner().get("k").unwrap(), data);
+        assert_eq!(store.inner().open_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_fails_the_close_and_aborts_the_upload() {
+        let store = store();
+        store.fail(Op::UploadPart, StoreError::Transient("reset".into()), 1);
+        let data = vec![7u8; 11 << 20];
+        let mut w = writer(&store, MIN_PART_SIZE);
+        let written = write_all(&mut w, &data, 1 << 20).await;
+        let committed = w.commit().await;
+        assert!(written.is_err() || committed.is_err());
+        assert_eq!(
+            w.commit().await.unwrap_err().errno(),
+            libc::EIO,
+            "stays failed"
+        );
+        assert!(store.inner().get("k").is_none(), "nothing visible");
+        assert_eq!(store.inner().open_uploads(), 0, "upload aborted");
+    }
+
+    #[tokio::test]
+    async fn a_failed_complete_fails_the_close_and_aborts() {
+        let store = store();
+        store.fail(
+            Op::CompleteMultipart,
+            StoreError::Transient("500".into()),
+            1,
+        );
+        let mut w = writer(&store, MIN_PART_SIZE);
+        write_all(&mut w, &vec![1u8; 6 << 20], 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(w.commit().await.unwrap_err().errno(), libc::EIO);
+        assert!(store.inner().get("k").is_none());
+        assert_eq!(store.inner().open_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_single_put_fails_the_close() {
+        let store = store();
+        store.fail(Op::Put, StoreError::Transient("503".into()), 1);
+        let mut w = writer(&store, 8 << 20);
+        write_all(&mut w, b"data", 4).await.unwrap();
+        assert_eq!(w.commit().await.unwrap_err().errno(), libc::EIO);
+        assert!(store.inner().get("k").is_none());
+    }
+
+    #[tokio::test]
+    async fn non_sequential_writes_and_overwrites_are_refused() {
+        let store = store();
+        let mut w = writer(&store, 8 << 20);
+        w.write(0, b"abc").await.unwrap();
+        assert_eq!(
+            w.write(10, b"x").await.unwrap_err().errno(),
+            libc::EOPNOTSUPP
+        );
+        assert_eq!(
+            w.write(1, b"x").await.unwrap_err().errno(),
+            libc::EOPNOTSUPP
+        );
+        let mut existing = writer(&store, 8 << 20).existing(5);
+        assert_eq!(
+            existing.write(0, b"x").await.unwrap_err().errno(),
+            libc::EOPNOTSUPP
+        );
+        existing.truncate().await.unwrap();
+        existing.write(0, b"new").await.unwrap();
+        existing.commit().await.unwrap();
+        assert_eq!(&store.inner().get("k").unwrap()[..], b"new");
+    }
+
+    #[tokio::test]
+    async fn truncating_mid_upload_starts_over_cleanly() {
+        let store = store();
+        let mut w = writer(&store, MIN_PART_SIZE);
+        write_all(&mut w, &vec![1u8; 6 << 20], 1 << 20)
+            .await
+            .unwrap();
+        w.truncate().await.unwrap();
+        w.write(0, b"short").await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(&store.inner().get("k").unwrap()[..], b"short");
+        assert_eq!(store.inner().open_uploads(), 0);
+    }
+}
