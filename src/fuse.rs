@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::fs::attrs::Kind;
 use crate::fs::error::FsError;
+use crate::fs::namespace::{Caller, SetAttr};
 use crate::fs::{Entry, Fs};
 use crate::store::ObjectStore;
 
@@ -32,6 +33,22 @@ pub struct FuseAdapter<S> {
 impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<Fs<S>>, runtime: Handle) -> Self {
         Self { fs, runtime }
+    }
+
+    /// The error for operations S3 has no form for: EROFS on a read-only mount, else EOPNOTSUPP.
+    fn unsupported(&self) -> FsError {
+        if self.fs.config().read_only {
+            FsError::ReadOnly
+        } else {
+            FsError::NotSupported
+        }
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
     }
 }
 
@@ -117,13 +134,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -132,40 +149,108 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno(&self.fs.write_error()));
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            }),
+        };
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            // atime alone is not stored: nothing to do, and no error.
+            if change.mode.is_none()
+                && change.uid.is_none()
+                && change.gid.is_none()
+                && change.size.is_none()
+                && change.mtime.is_none()
+            {
+                return match fs.getattr(ino.0).await {
+                    Ok(entry) => reply.attr(&fs.ttl(), &file_attr(&entry)),
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
+            match fs.setattr(ino.0, change).await {
+                Ok(entry) => reply.attr(&fs.ttl(), &file_attr(&entry)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn mknod(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.fs.write_error()));
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            // Devices, FIFOs and sockets have no S3 form.
+            return reply.error(errno(&self.unsupported()));
+        }
+        let fs = self.fs.clone();
+        let (name, caller) = (name.to_owned(), caller(req));
+        self.runtime.spawn(async move {
+            let created = fs.create(parent.0, &name, mode, caller).await;
+            match created {
+                Ok((entry, fh)) => {
+                    let committed = fs.commit(fh).await;
+                    fs.release(fh).await;
+                    match committed {
+                        Ok(()) => reply.entry(&fs.ttl(), &file_attr(&entry), Generation(0)),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.fs.write_error()));
+        let fs = self.fs.clone();
+        let (name, caller) = (name.to_owned(), caller(req));
+        self.runtime.spawn(async move {
+            match fs.mkdir(parent.0, &name, mode, caller).await {
+                Ok(entry) => reply.entry(&fs.ttl(), &file_attr(&entry), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.fs.write_error()));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_owned();
+        self.runtime.spawn(async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.fs.write_error()));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_owned();
+        self.runtime.spawn(async move {
+            match fs.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn symlink(
@@ -176,20 +261,36 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.fs.write_error()));
+        reply.error(errno(&self.unsupported()));
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&self.fs.write_error()));
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let fs = self.fs.clone();
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.runtime.spawn(async move {
+            match fs
+                .rename(parent.0, &name, newparent.0, &newname, no_replace)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn link(
@@ -200,7 +301,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.fs.write_error()));
+        reply.error(errno(&self.unsupported()));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -239,26 +340,40 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(errno(&self.fs.write_error()));
+        let fs = self.fs.clone();
+        let data = data.to_vec();
+        self.runtime.spawn(async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn flush(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // close(): returns only once S3 holds what was written, or with the error.
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            match fs.commit(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn release(
@@ -271,20 +386,28 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            fs.release(fh.0).await;
+            reply.ok();
+        });
     }
 
     fn fsync(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever buffered for writing yet: a read-only handle is always in sync.
-        reply.ok();
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            match fs.commit(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -403,14 +526,33 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(&self.fs.write_error()));
+        let fs = self.fs.clone();
+        let (name, caller) = (name.to_owned(), caller(req));
+        self.runtime.spawn(async move {
+            match fs.create(parent.0, &name, mode, caller).await {
+                Ok((entry, fh)) => reply.created(
+                    &fs.ttl(),
+                    &file_attr(&entry),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn destroy(&mut self) {
+        // Unmount: whatever is still unsent goes to S3 before the process lets go.
+        let fs = self.fs.clone();
+        self.runtime.block_on(fs.commit_all());
     }
 }

@@ -102,6 +102,32 @@ impl PosixMetadata {
     }
 }
 
+/// The user metadata s3fs writes for an entry (mode with type bits in decimal, uid, gid, mtime
+/// as `sec` or `sec.nanoseconds`), so buckets written by bucketfs look right to s3fs and back.
+pub fn posix_headers(attrs: &Attributes) -> HashMap<String, String> {
+    let type_bits = match attrs.kind {
+        Kind::File => libc::S_IFREG,
+        Kind::Dir => libc::S_IFDIR,
+    };
+    let since_epoch = attrs
+        .mtime
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mtime = match since_epoch.subsec_nanos() {
+        0 => since_epoch.as_secs().to_string(),
+        nanos => format!("{}.{nanos:09}", since_epoch.as_secs()),
+    };
+    HashMap::from([
+        (
+            "mode".to_string(),
+            (type_bits | (attrs.perm & 0o7777)).to_string(),
+        ),
+        ("uid".to_string(), attrs.uid.to_string()),
+        ("gid".to_string(), attrs.gid.to_string()),
+        ("mtime".to_string(), mtime),
+    ])
+}
+
 /// s3fs writes the decimal st_mode including type bits (`33188` = 0100644); rclone writes the
 /// octal permissions without a leading 0 (`644`). A decimal value that carries type bits
 /// (>= 0o10000) is s3fs's form; anything smaller is read as octal.
@@ -165,6 +191,26 @@ mod tests {
             Some(epoch + Duration::new(10, 123))
         );
         assert_eq!(parse_mtime("x"), None);
+    }
+
+    #[test]
+    fn written_headers_read_back() {
+        let attrs = Attributes {
+            kind: Kind::File,
+            size: 0,
+            mtime: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5),
+            perm: 0o640,
+            uid: 1001,
+            gid: 1002,
+            etag: None,
+        };
+        let headers = posix_headers(&attrs);
+        assert_eq!(headers["mode"], "33184");
+        assert_eq!(headers["mtime"], "1700000000.000000005");
+        let parsed = PosixMetadata::parse(&headers);
+        assert_eq!(parsed.mode, Some(0o100640));
+        assert_eq!((parsed.uid, parsed.gid), (Some(1001), Some(1002)));
+        assert_eq!(parsed.mtime, Some(attrs.mtime));
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct DirListing {
     last_listed: String,
     defaults: AttrDefaults,
     dir_mtime: SystemTime,
+    /// Entries created in this mount and not yet in S3: shown at the end unless listed.
+    local: Vec<DirEntry>,
 }
 
 impl DirListing {
@@ -51,7 +53,12 @@ impl DirListing {
             last_listed: String::new(),
             defaults,
             dir_mtime,
+            local: Vec::new(),
         }
+    }
+
+    pub fn set_local(&mut self, local: Vec<DirEntry>) {
+        self.local = local;
     }
 
     /// Starts over (rewinddir): the next entries come from a fresh listing.
@@ -159,6 +166,15 @@ impl DirListing {
         self.token = page.next_token;
         if self.token.is_none() {
             self.done = true;
+        }
+        if !self.local.is_empty() {
+            let listed: HashSet<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+            self.local.retain(|l| !listed.contains(l.name.as_str()));
+            if self.done {
+                let mut local = std::mem::take(&mut self.local);
+                local.sort_by(|a, b| a.name.cmp(&b.name));
+                self.entries.extend(local);
+            }
         }
         self.advance_settled();
         Ok(())

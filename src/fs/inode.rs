@@ -129,6 +129,43 @@ impl InodeTable {
         }
     }
 
+    /// Moves `ino` to `new_name` in `new_parent` (rename): whatever that name held is detached.
+    pub fn move_entry(
+        &mut self,
+        ino: u64,
+        new_parent: u64,
+        new_name: &str,
+        key: String,
+        expires: Instant,
+    ) {
+        let Some(inode) = self.inodes.get(&ino) else {
+            return;
+        };
+        let old = (inode.parent, inode.name.clone());
+        if self.children.get(&old) == Some(&ino) {
+            self.children.remove(&old);
+        }
+        let inode = self.inodes.get_mut(&ino).expect("checked above");
+        inode.parent = new_parent;
+        inode.name = new_name.to_string();
+        inode.key = key;
+        inode.expires = expires;
+        self.children
+            .insert((new_parent, new_name.to_string()), ino);
+    }
+
+    /// After a directory rename: every known entry below `old_prefix` now lives below
+    /// `new_prefix`.
+    pub fn rekey_below(&mut self, old_prefix: &str, new_prefix: &str) {
+        for inode in self.inodes.values_mut() {
+            if inode.key.len() > old_prefix.len() && inode.key.starts_with(old_prefix) {
+                inode.key = format!("{new_prefix}{}", &inode.key[old_prefix.len()..]);
+                // A copied object may have a new ETag: ask the store at next use.
+                inode.expires = Instant::now();
+            }
+        }
+    }
+
     /// Marks the attributes of `ino` as stale: the next use asks the store.
     pub fn expire(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod error;
 pub mod inode;
 pub mod names;
+pub mod namespace;
 pub mod read;
 pub mod write;
 
@@ -17,11 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectStore, PutOptions, StoreError};
 use attrs::{AttrDefaults, Attributes, Kind};
 use cache::{BlockCache, NegativeCache};
 use dir::DirListing;
@@ -31,6 +31,7 @@ use inode::InodeTable;
 use inode::ROOT_INO;
 use names::{child_key, validate_component};
 use read::{FileReader, ReadContext, ReadTuning};
+use write::FileWriter;
 
 /// Everything the filesystem layer needs to know, resolved from the command line.
 #[derive(Debug, Clone)]
@@ -43,8 +44,14 @@ pub struct FsConfig {
     pub negative_cache_entries: usize,
     pub read_only: bool,
     pub tuning: ReadTuning,
-    /// One budget for prefetch buffers and cached blocks, in bytes.
+    /// One budget for prefetch buffers, write buffers and cached blocks, in bytes.
     pub max_memory: u64,
+    /// First part size of multipart uploads (grows past 1,000 parts).
+    pub write_part_size: u64,
+    /// Content type for every new object; `None` guesses from the file extension.
+    pub content_type: Option<String>,
+    /// Storage class, encryption and ACL applied to every object written.
+    pub upload: PutOptions,
 }
 
 impl Default for FsConfig {
@@ -57,17 +64,21 @@ impl Default for FsConfig {
             read_only: false,
             tuning: ReadTuning::default(),
             max_memory: 512 << 20,
+            write_part_size: 8 << 20,
+            content_type: None,
+            upload: PutOptions::default(),
         }
     }
 }
 
 impl FsConfig {
-    /// The block cache gets a quarter of the memory budget, prefetch buffers the rest.
+    /// The block cache gets a quarter of the memory budget; prefetch and write buffers share
+    /// the rest.
     pub fn block_cache_bytes(&self) -> u64 {
         self.max_memory / 4
     }
 
-    pub fn prefetch_bytes(&self) -> u64 {
+    pub fn buffer_bytes(&self) -> u64 {
         self.max_memory - self.block_cache_bytes()
     }
 }
@@ -103,14 +114,34 @@ struct DirHandle {
     listing: DirListing,
 }
 
+type Shared<T> = Arc<tokio::sync::Mutex<T>>;
+
+enum FileHandle<S> {
+    Read(Shared<FileReader<S>>),
+    Write(Shared<FileWriter<S>>),
+}
+
+impl<S> Clone for FileHandle<S> {
+    fn clone(&self) -> Self {
+        match self {
+            FileHandle::Read(r) => FileHandle::Read(r.clone()),
+            FileHandle::Write(w) => FileHandle::Write(w.clone()),
+        }
+    }
+}
+
 pub struct Fs<S> {
     store: Arc<S>,
     config: FsConfig,
     inodes: Mutex<InodeTable>,
     negative: NegativeCache,
     read_ctx: ReadContext<S>,
-    /// Open files: handle -> (inode, reader).
-    files: Mutex<HashMap<u64, (u64, Arc<tokio::sync::Mutex<FileReader<S>>>)>>,
+    /// Open files: handle -> (inode, reader or writer).
+    files: Mutex<HashMap<u64, (u64, FileHandle<S>)>>,
+    /// The one writer of each inode open for writing.
+    writers: Mutex<HashMap<u64, Shared<FileWriter<S>>>>,
+    /// Entries created in this mount and not yet in S3, by parent inode: readdir shows them.
+    local_entries: Mutex<HashMap<u64, HashMap<String, u64>>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     next_handle: AtomicU64,
     mount_time: SystemTime,
@@ -123,7 +154,7 @@ impl<S: ObjectStore> Fs<S> {
         let read_ctx = ReadContext {
             store: store.clone(),
             cache: Arc::new(BlockCache::new(config.block_cache_bytes() as usize)),
-            budget: Arc::new(Semaphore::new(config.prefetch_bytes() as usize)),
+            budget: Arc::new(Semaphore::new(config.buffer_bytes() as usize)),
             tuning: config.tuning,
         };
         Self {
@@ -133,6 +164,8 @@ impl<S: ObjectStore> Fs<S> {
             config,
             read_ctx,
             files: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            local_entries: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             mount_time,
@@ -167,17 +200,24 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Looks `name` up in directory `parent`; the kernel holds one more reference on success.
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        self.lookup_entry(parent, name, true).await
+    }
+
+    /// Lookup; `counted` says whether the kernel takes a reference (false for internal use).
+    async fn lookup_entry(&self, parent: u64, name: &OsStr, counted: bool) -> FsResult<Entry> {
         let name = validate_component(name)?;
         let parent_key = self.dir_key(parent)?;
         {
             let mut inodes = self.inodes.lock().unwrap();
             if let Some(child) = inodes.child(parent, name) {
-                if child.expires > Instant::now() {
+                if child.expires > Instant::now() || self.has_writer(child.ino) {
                     let entry = Entry {
                         ino: child.ino,
                         attrs: child.attrs.clone(),
                     };
-                    inodes.add_lookup(entry.ino);
+                    if counted {
+                        inodes.add_lookup(entry.ino);
+                    }
                     return Ok(entry);
                 }
             }
@@ -191,7 +231,7 @@ impl<S: ObjectStore> Fs<S> {
         match found {
             Ok((entry_key, attrs)) => {
                 let inode =
-                    inodes.upsert_child(parent, name, entry_key, attrs, self.expiry(), true);
+                    inodes.upsert_child(parent, name, entry_key, attrs, self.expiry(), counted);
                 Ok(Entry {
                     ino: inode.ino,
                     attrs: inode.attrs.clone(),
@@ -255,7 +295,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         // Directories have no object of their own to ask about; their listing is fresh at
         // each opendir.
-        if fresh || attrs.kind == Kind::Dir {
+        if fresh || attrs.kind == Kind::Dir || self.has_writer(ino) {
             return Ok(Entry { ino, attrs });
         }
         let attrs = self.refresh_file(ino, &key).await?;
@@ -291,6 +331,8 @@ impl<S: ObjectStore> Fs<S> {
             ino,
             listing: DirListing::new(prefix, self.config.defaults, self.mount_time),
         };
+        let mut handle = handle;
+        handle.listing.set_local(self.local_children(ino));
         self.dirs
             .lock()
             .unwrap()
@@ -318,6 +360,8 @@ impl<S: ObjectStore> Fs<S> {
         let dir_ino = handle.ino;
         if offset == 0 {
             handle.listing.restart();
+            let local = self.local_children(dir_ino);
+            handle.listing.set_local(local);
         }
         let mut items = Vec::new();
         // Cookies: 1 is ".", 2 is "..", 3 + i is listing entry i.
@@ -368,7 +412,19 @@ impl<S: ObjectStore> Fs<S> {
                 Kind::Dir => format!("{prefix}{}/", e.name),
                 Kind::File => format!("{prefix}{}", e.name),
             };
-            let entry = if plus {
+            let held = inodes
+                .child(dir_ino, &e.name)
+                .filter(|c| self.has_writer(c.ino))
+                .map(|c| c.ino);
+            let entry = if let Some(ino) = held.filter(|_| plus) {
+                // Being written in this mount: our attributes, not the listing's old ones.
+                inodes.add_lookup(ino);
+                let inode = inodes.get(ino).expect("child exists");
+                Entry {
+                    ino,
+                    attrs: inode.attrs.clone(),
+                }
+            } else if plus {
                 let inode = inodes.upsert_child(dir_ino, &e.name, key, e.attrs, expires, true);
                 Entry {
                     ino: inode.ino,
@@ -398,67 +454,6 @@ impl<S: ObjectStore> Fs<S> {
         self.dirs.lock().unwrap().remove(&fh);
     }
 
-    /// Opens a file for reading. Writing is not supported yet: EROFS on a read-only mount,
-    /// EOPNOTSUPP otherwise.
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(self.write_error());
-        }
-        let (key, attrs, fresh) = {
-            let inodes = self.inodes.lock().unwrap();
-            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
-            (
-                inode.key.clone(),
-                inode.attrs.clone(),
-                inode.expires > Instant::now(),
-            )
-        };
-        if attrs.kind == Kind::Dir {
-            return Err(FsError::IsDir);
-        }
-        let attrs = if fresh {
-            attrs
-        } else {
-            self.refresh_file(ino, &key).await?
-        };
-        let reader = FileReader::new(self.read_ctx.clone(), key, attrs.etag.clone(), attrs.size);
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.files
-            .lock()
-            .unwrap()
-            .insert(fh, (ino, Arc::new(tokio::sync::Mutex::new(reader))));
-        Ok(fh)
-    }
-
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let (ino, reader) = self
-            .files
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
-        let result = reader.lock().await.read(offset, size).await;
-        if result == Err(FsError::Stale) {
-            // The object changed: the next open must not trust the cached ETag.
-            self.inodes.lock().unwrap().expire(ino);
-        }
-        result
-    }
-
-    pub fn release(&self, fh: u64) {
-        self.files.lock().unwrap().remove(&fh);
-    }
-
-    /// The error every modifying operation returns until the write side exists.
-    pub fn write_error(&self) -> FsError {
-        if self.config.read_only {
-            FsError::ReadOnly
-        } else {
-            FsError::NotSupported
-        }
-    }
-
     pub fn statfs(&self) -> FsStats {
         // S3 has no capacity to report: show a large, constant size so tools that check free
         // space before writing do not refuse.
@@ -468,6 +463,28 @@ impl<S: ObjectStore> Fs<S> {
             block_size: 4096,
             name_max: names::MAX_NAME_BYTES as u32,
         }
+    }
+
+    fn has_writer(&self, ino: u64) -> bool {
+        self.writers.lock().unwrap().contains_key(&ino)
+    }
+
+    /// Entries of `dir` created in this mount and not yet in S3, with their attributes.
+    fn local_children(&self, dir: u64) -> Vec<dir::DirEntry> {
+        let local = self.local_entries.lock().unwrap();
+        let Some(children) = local.get(&dir) else {
+            return Vec::new();
+        };
+        let inodes = self.inodes.lock().unwrap();
+        children
+            .iter()
+            .filter_map(|(name, ino)| {
+                inodes.get(*ino).map(|inode| dir::DirEntry {
+                    name: name.clone(),
+                    attrs: inode.attrs.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Number of inodes the table holds (tests and diagnostics).

@@ -2,8 +2,9 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use super::namespace::{Caller, SetAttr};
 use super::*;
 use crate::store::faulty::{FaultyStore, Op};
 use crate::store::memory::MemoryStore;
@@ -50,6 +51,28 @@ async fn names_in(fs: &TestFs, path: &str, plus: bool) -> Vec<(String, Kind)> {
     out
 }
 
+const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
+/// Resolves the parent directory of `path` and the last component.
+async fn parent_of<'a>(fs: &TestFs, path: &'a str) -> FsResult<(u64, &'a OsStr)> {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    Ok((lookup_path(fs, dir).await?.ino, OsStr::new(name)))
+}
+
+/// create + write in chunks + close, as `cp` does.
+async fn write_file(fs: &TestFs, path: &str, data: &[u8]) -> FsResult<()> {
+    let (parent, name) = parent_of(fs, path).await?;
+    let (_, fh) = fs.create(parent, name, 0o644, ROOT).await?;
+    let mut offset = 0;
+    for chunk in data.chunks(4096) {
+        fs.write(fh, offset, chunk).await?;
+        offset += chunk.len() as u64;
+    }
+    let committed = fs.commit(fh).await;
+    fs.release(fh).await;
+    committed
+}
+
 async fn read_all(fs: &TestFs, path: &str) -> FsResult<Vec<u8>> {
     let entry = lookup_path(fs, path).await?;
     let fh = fs.open(entry.ino, libc::O_RDONLY).await?;
@@ -61,7 +84,7 @@ async fn read_all(fs: &TestFs, path: &str) -> FsResult<Vec<u8>> {
         }
         out.extend_from_slice(&chunk);
     }
-    fs.release(fh);
+    fs.release(fh).await;
     Ok(out)
 }
 
@@ -184,23 +207,56 @@ async fn files_read_back_exactly() {
 }
 
 #[tokio::test]
-async fn writes_are_refused_cleanly() {
-    let (_, fs) = fs_of(&[("f", "abc")]);
-    let f = lookup_path(&fs, "f").await.unwrap();
-    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
-        let err = fs.open(f.ino, flags).await.unwrap_err();
-        assert_eq!(err.errno(), libc::EOPNOTSUPP);
-    }
+async fn a_read_only_mount_refuses_every_change() {
     let ro = FsConfig {
         read_only: true,
         ..FsConfig::default()
     };
-    let (_, fs) = fs_with(&[("f", "abc")], ro);
+    let (store, fs) = fs_with(&[("f", "abc"), ("d/x", "1")], ro);
     let f = lookup_path(&fs, "f").await.unwrap();
     assert_eq!(
         fs.open(f.ino, libc::O_WRONLY).await.unwrap_err().errno(),
         libc::EROFS
     );
+    let caller = Caller { uid: 0, gid: 0 };
+    let name = OsStr::new("new");
+    assert_eq!(
+        fs.create(ROOT_INO, name, 0o644, caller)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(
+        fs.mkdir(ROOT_INO, name, 0o755, caller)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(
+        fs.unlink(ROOT_INO, OsStr::new("f"))
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    assert_eq!(
+        fs.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, name, false)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EROFS
+    );
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        fs.setattr(f.ino, chmod).await.unwrap_err().errno(),
+        libc::EROFS
+    );
+    assert_eq!(store.inner().keys(), ["d/x", "f"]);
 }
 
 #[tokio::test]
@@ -287,7 +343,355 @@ async fn after_a_stale_read_the_next_open_sees_the_new_object() {
     let fh = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
     store.inner().insert("f", "new contents!");
     assert_eq!(fs.read(fh, 0, 100).await, Err(FsError::Stale));
-    fs.release(fh);
+    fs.release(fh).await;
     // Well within the TTL, yet the reopen asks the store again.
     assert_eq!(read_all(&fs, "f").await.unwrap(), b"new contents!");
+}
+
+#[tokio::test]
+async fn written_files_appear_at_close_with_metadata() {
+    let (store, fs) = fs_of(&[]);
+    let (parent, name) = parent_of(&fs, "notes.txt").await.unwrap();
+    let caller = Caller {
+        uid: 1000,
+        gid: 100,
+    };
+    let (entry, fh) = fs.create(parent, name, 0o640, caller).await.unwrap();
+    fs.write(fh, 0, b"hello ").await.unwrap();
+    fs.write(fh, 6, b"world").await.unwrap();
+    assert!(
+        store.inner().get("notes.txt").is_none(),
+        "not in S3 before close"
+    );
+    // Visible in the mount at once, with the size written so far.
+    assert_eq!(fs.getattr(entry.ino).await.unwrap().attrs.size, 11);
+    assert!(names_in(&fs, "", true)
+        .await
+        .contains(&("notes.txt".into(), Kind::File)));
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(&store.inner().get("notes.txt").unwrap()[..], b"hello world");
+    let info = store.inner().info("notes.txt").unwrap();
+    assert_eq!(info.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        info.user_metadata["mode"],
+        (libc::S_IFREG | 0o640).to_string()
+    );
+    assert_eq!(info.user_metadata["uid"], "1000");
+    assert_eq!(info.user_metadata["gid"], "100");
+    assert_eq!(read_all(&fs, "notes.txt").await.unwrap(), b"hello world");
+}
+
+#[tokio::test]
+async fn empty_files_from_create_then_close_exist() {
+    let (store, fs) = fs_of(&[]);
+    write_file(&fs, "empty", b"").await.unwrap();
+    assert_eq!(store.inner().get("empty").map(|b| b.len()), Some(0));
+}
+
+#[tokio::test]
+async fn overwrite_with_truncate_replaces_the_object() {
+    let (store, fs) = fs_of(&[("f", "old old old")]);
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs
+        .open(f.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"new").await.unwrap();
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"new");
+    // Appending to an existing object is refused, and changes nothing.
+    let fh = fs
+        .open(f.ino, libc::O_WRONLY | libc::O_APPEND)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs.write(fh, 3, b"more").await.unwrap_err().errno(),
+        libc::EOPNOTSUPP
+    );
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"new");
+    // truncate(path, 0) empties it; other sizes are refused.
+    let grow = SetAttr {
+        size: Some(10),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        fs.setattr(f.ino, grow).await.unwrap_err().errno(),
+        libc::EOPNOTSUPP
+    );
+    let empty = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    fs.setattr(f.ino, empty).await.unwrap();
+    assert_eq!(store.inner().get("f").unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn reading_a_file_being_written_is_a_clear_error() {
+    let (_, fs) = fs_of(&[("f", "committed")]);
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs
+        .open(f.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"pending").await.unwrap();
+    assert_eq!(
+        fs.open(f.ino, libc::O_RDONLY).await.unwrap_err().errno(),
+        libc::EBUSY
+    );
+    assert_eq!(
+        fs.open(f.ino, libc::O_WRONLY).await.unwrap_err().errno(),
+        libc::EBUSY
+    );
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(read_all(&fs, "f").await.unwrap(), b"pending");
+}
+
+#[tokio::test]
+async fn a_failed_upload_fails_close_and_leaves_nothing() {
+    let (store, fs) = fs_of(&[]);
+    store.fail(Op::Put, StoreError::Transient("503 Slow Down".into()), 1);
+    let err = write_file(&fs, "lost", b"data").await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(store.inner().get("lost").is_none());
+    assert_eq!(store.inner().open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn mkdir_rmdir_and_unlink() {
+    let (store, fs) = fs_of(&[]);
+    let caller = ROOT;
+    fs.mkdir(ROOT_INO, OsStr::new("d"), 0o750, caller)
+        .await
+        .unwrap();
+    assert_eq!(store.inner().keys(), ["d/"]);
+    assert_eq!(
+        fs.mkdir(ROOT_INO, OsStr::new("d"), 0o750, caller)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    write_file(&fs, "d/f", b"x").await.unwrap();
+    let d = lookup_path(&fs, "d").await.unwrap();
+    assert_eq!(
+        fs.rmdir(ROOT_INO, OsStr::new("d"))
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        fs.unlink(ROOT_INO, OsStr::new("d"))
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EISDIR
+    );
+    fs.unlink(d.ino, OsStr::new("f")).await.unwrap();
+    assert_eq!(lookup_path(&fs, "d/f").await, Err(FsError::NotFound));
+    fs.rmdir(ROOT_INO, OsStr::new("d")).await.unwrap();
+    assert!(store.inner().keys().is_empty());
+    assert_eq!(lookup_path(&fs, "d").await, Err(FsError::NotFound));
+    // An implicit directory is not empty while keys exist below it.
+    store.inner().insert("imp/deep/x", "1");
+    assert_eq!(
+        fs.rmdir(ROOT_INO, OsStr::new("imp"))
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOTEMPTY
+    );
+}
+
+#[tokio::test]
+async fn renames_move_files_and_whole_directories() {
+    let (store, fs) = fs_of(&[
+        ("src/a", "A"),
+        ("src/sub/b", "B"),
+        ("src/", ""),
+        ("other", "O"),
+    ]);
+    fs.rename(
+        ROOT_INO,
+        OsStr::new("other"),
+        ROOT_INO,
+        OsStr::new("moved"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_all(&fs, "moved").await.unwrap(), b"O");
+    assert_eq!(lookup_path(&fs, "other").await, Err(FsError::NotFound));
+    let src = lookup_path(&fs, "src").await.unwrap();
+    assert_eq!(
+        fs.rename(
+            ROOT_INO,
+            OsStr::new("src"),
+            src.ino,
+            OsStr::new("inside"),
+            false
+        )
+        .await
+        .unwrap_err()
+        .errno(),
+        libc::EINVAL,
+        "a directory cannot move into itself"
+    );
+    let a = lookup_path(&fs, "src/a").await.unwrap();
+    fs.rename(
+        ROOT_INO,
+        OsStr::new("src"),
+        ROOT_INO,
+        OsStr::new("dst"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.inner().keys(),
+        ["dst/", "dst/a", "dst/sub/b", "moved"]
+    );
+    assert_eq!(read_all(&fs, "dst/sub/b").await.unwrap(), b"B");
+    // An inode the kernel already holds follows the move.
+    let fh = fs.open(a.ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 10).await.unwrap()[..], b"A");
+    // Replacing an existing file; and RENAME_NOREPLACE.
+    fs.rename(
+        ROOT_INO,
+        OsStr::new("moved"),
+        lookup_path(&fs, "dst").await.unwrap().ino,
+        OsStr::new("a"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_all(&fs, "dst/a").await.unwrap(), b"O");
+    write_file(&fs, "x", b"x").await.unwrap();
+    let dst = lookup_path(&fs, "dst").await.unwrap();
+    assert_eq!(
+        fs.rename(ROOT_INO, OsStr::new("x"), dst.ino, OsStr::new("a"), true)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+}
+
+#[tokio::test]
+async fn chmod_chown_and_utimes_persist_as_metadata() {
+    let (store, fs) = fs_of(&[]);
+    write_file(&fs, "f.bin", b"data").await.unwrap();
+    let f = lookup_path(&fs, "f.bin").await.unwrap();
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let change = SetAttr {
+        mode: Some(0o600),
+        uid: Some(42),
+        gid: Some(43),
+        mtime: Some(mtime),
+        ..SetAttr::default()
+    };
+    let entry = fs.setattr(f.ino, change).await.unwrap();
+    assert_eq!(
+        (entry.attrs.perm, entry.attrs.uid, entry.attrs.gid),
+        (0o600, 42, 43)
+    );
+    let info = store.inner().info("f.bin").unwrap();
+    assert_eq!(
+        info.user_metadata["mode"],
+        (libc::S_IFREG | 0o600).to_string()
+    );
+    assert_eq!(info.user_metadata["mtime"], "1600000000");
+    assert_eq!(
+        &store.inner().get("f.bin").unwrap()[..],
+        b"data",
+        "content kept"
+    );
+    // A fresh mount reads them back.
+    let fresh = Fs::new(store.clone(), FsConfig::default());
+    let again = lookup_path(&fresh, "f.bin").await.unwrap();
+    assert_eq!(
+        (
+            again.attrs.perm,
+            again.attrs.uid,
+            again.attrs.gid,
+            again.attrs.mtime
+        ),
+        (0o600, 42, 43, mtime)
+    );
+}
+
+#[tokio::test]
+async fn unlinking_a_file_being_written_uploads_nothing() {
+    let (store, fs) = fs_of(&[]);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("tmp"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"scratch").await.unwrap();
+    fs.unlink(ROOT_INO, OsStr::new("tmp")).await.unwrap();
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert!(store.inner().keys().is_empty());
+}
+
+#[tokio::test]
+async fn renaming_a_file_being_written_uploads_it_under_the_new_name() {
+    let (store, fs) = fs_of(&[]);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new(".tmp123"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"saved").await.unwrap();
+    fs.rename(
+        ROOT_INO,
+        OsStr::new(".tmp123"),
+        ROOT_INO,
+        OsStr::new("doc.txt"),
+        false,
+    )
+    .await
+    .unwrap();
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(store.inner().keys(), ["doc.txt"]);
+    assert_eq!(read_all(&fs, "doc.txt").await.unwrap(), b"saved");
+}
+
+#[tokio::test]
+async fn names_and_keys_too_long_are_refused_on_create() {
+    let (_, fs) = fs_of(&[]);
+    let long = "n".repeat(256);
+    assert_eq!(
+        fs.create(ROOT_INO, OsStr::new(&long), 0o644, ROOT)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENAMETOOLONG
+    );
+    let config = FsConfig {
+        prefix: format!("{}/", "p".repeat(1000)),
+        ..FsConfig::default()
+    };
+    let (_, fs) = fs_with(&[], config);
+    let name = "m".repeat(40);
+    assert_eq!(
+        fs.create(ROOT_INO, OsStr::new(&name), 0o644, ROOT)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        fs.mkdir(ROOT_INO, OsStr::new(&name), 0o755, ROOT)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENAMETOOLONG
+    );
 }

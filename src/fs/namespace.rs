@@ -1,0 +1,802 @@
+//! Operations that open, write or change files and directories: open/create, write, commit
+//! (flush/fsync), setattr, unlink, mkdir, rmdir and rename. After each returns, lookups and
+//! listings in this mount show the new state at once.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use tracing::{debug, warn};
+
+use super::attrs::{posix_headers, Attributes, Kind};
+use super::error::{FsError, FsResult};
+use super::names::{child_key, validate_component};
+use super::read::FileReader;
+use super::write::FileWriter;
+use super::{Entry, FileHandle, Fs};
+use crate::store::{ObjectStore, PutOptions, StoreError, UploadedPart};
+
+/// Largest object a single CopyObject can copy; bigger ones are copied part by part.
+const MAX_COPY_OBJECT: u64 = 5 << 30;
+/// Part size of a multipart server-side copy.
+const COPY_PART_SIZE: u64 = 1 << 30;
+/// Keys copied (then deleted) at once when renaming a directory.
+const RENAME_CONCURRENCY: usize = 16;
+
+/// Who asks: owner of what they create.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The attribute changes of one setattr call.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
+impl<S: ObjectStore> Fs<S> {
+    fn check_writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Options for a new object: the mount's upload options, the content type and the POSIX
+    /// attributes as s3fs-style metadata.
+    fn put_options(&self, name: &str, attrs: &Attributes) -> PutOptions {
+        let content_type = match attrs.kind {
+            Kind::Dir => Some("application/x-directory".to_string()),
+            Kind::File => Some(self.config.content_type.clone().unwrap_or_else(|| {
+                mime_guess::from_path(name)
+                    .first_or_octet_stream()
+                    .essence_str()
+                    .to_string()
+            })),
+        };
+        PutOptions {
+            content_type,
+            user_metadata: posix_headers(attrs),
+            ..self.config.upload.clone()
+        }
+    }
+
+    fn inode_parts(&self, ino: u64) -> FsResult<(u64, String, String, Attributes, bool)> {
+        let inodes = self.inodes.lock().unwrap();
+        let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+        Ok((
+            inode.parent,
+            inode.name.clone(),
+            inode.key.clone(),
+            inode.attrs.clone(),
+            inode.expires > Instant::now(),
+        ))
+    }
+
+    fn touch_dir(&self, dir: u64) {
+        let mut inodes = self.inodes.lock().unwrap();
+        if let Some(inode) = inodes.get(dir) {
+            let mut attrs = inode.attrs.clone();
+            let expires = inode.expires;
+            attrs.mtime = SystemTime::now();
+            inodes.set_attrs(dir, attrs, expires);
+        }
+    }
+
+    fn add_local(&self, parent: u64, name: &str, ino: u64) {
+        self.local_entries
+            .lock()
+            .unwrap()
+            .entry(parent)
+            .or_default()
+            .insert(name.to_string(), ino);
+    }
+
+    fn remove_local(&self, parent: u64, name: &str) {
+        let mut local = self.local_entries.lock().unwrap();
+        if let Some(children) = local.get_mut(&parent) {
+            children.remove(name);
+            if children.is_empty() {
+                local.remove(&parent);
+            }
+        }
+    }
+
+    fn new_handle(&self, ino: u64, handle: FileHandle<S>) -> u64 {
+        let fh = self
+            .next_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.files.lock().unwrap().insert(fh, (ino, handle));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<(u64, FileHandle<S>)> {
+        self.files
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Creates (or replaces) the file `name` in `parent` and opens it for writing. The object
+    /// appears in S3 at the first close or fsync.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<(Entry, u64)> {
+        self.check_writable()?;
+        let name = validate_component(name)?;
+        let parent_key = self.dir_key(parent)?;
+        let key = child_key(&parent_key, name)?;
+        let attrs = Attributes {
+            kind: Kind::File,
+            size: 0,
+            mtime: SystemTime::now(),
+            perm: mode & 0o7777,
+            uid: caller.uid,
+            gid: caller.gid,
+            etag: None,
+        };
+        let opts = self.put_options(name, &attrs);
+        let ino = {
+            let mut inodes = self.inodes.lock().unwrap();
+            if let Some(existing) = inodes.child(parent, name) {
+                if existing.kind() == Kind::Dir {
+                    return Err(FsError::IsDir);
+                }
+                if self.has_writer(existing.ino) {
+                    return Err(FsError::Busy);
+                }
+            }
+            inodes
+                .upsert_child(
+                    parent,
+                    name,
+                    key.clone(),
+                    attrs.clone(),
+                    self.expiry(),
+                    true,
+                )
+                .ino
+        };
+        self.negative.remove(parent, name);
+        let writer = Arc::new(tokio::sync::Mutex::new(FileWriter::new(
+            self.store.clone(),
+            key,
+            opts,
+            self.config.write_part_size,
+            self.read_ctx.budget.clone(),
+        )));
+        self.writers.lock().unwrap().insert(ino, writer.clone());
+        self.add_local(parent, name, ino);
+        self.touch_dir(parent);
+        let fh = self.new_handle(ino, FileHandle::Write(writer));
+        Ok((Entry { ino, attrs }, fh))
+    }
+
+    /// Opens a file. Writing replaces the whole object: with `O_TRUNC` (or after a truncate
+    /// to 0) writes stream into a new object; appending or overwriting in place is refused
+    /// with EOPNOTSUPP at the first write.
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let (_, name, key, attrs, fresh) = self.inode_parts(ino)?;
+        if attrs.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        if writing {
+            self.check_writable()?;
+            if self.has_writer(ino) {
+                return Err(FsError::Busy);
+            }
+        } else if let Some(writer) = self.writers.lock().unwrap().get(&ino).cloned() {
+            if writer.try_lock().map(|w| w.is_dirty()).unwrap_or(true) {
+                // Its bytes are not in S3 yet, and reading the old object would be wrong.
+                return Err(FsError::Busy);
+            }
+        }
+        let attrs = if fresh || self.has_writer(ino) {
+            attrs
+        } else {
+            self.refresh_file(ino, &key).await?
+        };
+        if !writing {
+            let reader =
+                FileReader::new(self.read_ctx.clone(), key, attrs.etag.clone(), attrs.size);
+            let reader = Arc::new(tokio::sync::Mutex::new(reader));
+            return Ok(self.new_handle(ino, FileHandle::Read(reader)));
+        }
+        let new_attrs = Attributes {
+            mtime: SystemTime::now(),
+            ..attrs.clone()
+        };
+        let opts = self.put_options(&name, &new_attrs);
+        let mut writer = FileWriter::new(
+            self.store.clone(),
+            key,
+            opts,
+            self.config.write_part_size,
+            self.read_ctx.budget.clone(),
+        );
+        if flags & libc::O_TRUNC != 0 {
+            let truncated = Attributes {
+                size: 0,
+                ..new_attrs
+            };
+            self.inodes
+                .lock()
+                .unwrap()
+                .set_attrs(ino, truncated, self.expiry());
+        } else {
+            writer = writer.existing(attrs.size);
+        }
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        self.writers.lock().unwrap().insert(ino, writer.clone());
+        Ok(self.new_handle(ino, FileHandle::Write(writer)))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let (ino, handle) = self.handle(fh)?;
+        let reader = match handle {
+            FileHandle::Read(reader) => reader,
+            FileHandle::Write(writer) => {
+                // Reading through a write handle: only when nothing unsent is pending.
+                if writer.lock().await.is_dirty() {
+                    return Err(FsError::Busy);
+                }
+                let (_, _, key, attrs, _) = self.inode_parts(ino)?;
+                let reader = FileReader::new(self.read_ctx.clone(), key, attrs.etag, attrs.size);
+                Arc::new(tokio::sync::Mutex::new(reader))
+            }
+        };
+        let result = reader.lock().await.read(offset, size).await;
+        if result == Err(FsError::Stale) {
+            // The object changed: the next open must not trust the cached ETag.
+            self.inodes.lock().unwrap().expire(ino);
+        }
+        result
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (ino, handle) = self.handle(fh)?;
+        let FileHandle::Write(writer) = handle else {
+            return Err(FsError::BadHandle);
+        };
+        let mut writer = writer.lock().await;
+        let written = writer.write(offset, data).await?;
+        let size = writer.size();
+        drop(writer);
+        let mut inodes = self.inodes.lock().unwrap();
+        if let Some(inode) = inodes.get(ino) {
+            let attrs = Attributes {
+                size,
+                mtime: SystemTime::now(),
+                ..inode.attrs.clone()
+            };
+            let expires = inode.expires;
+            inodes.set_attrs(ino, attrs, expires);
+        }
+        Ok(written)
+    }
+
+    /// close/fsync: makes what was written the object in S3; Ok only once S3 confirmed it.
+    pub async fn commit(&self, fh: u64) -> FsResult<()> {
+        let (ino, handle) = self.handle(fh)?;
+        let FileHandle::Write(writer) = handle else {
+            return Ok(());
+        };
+        self.commit_writer(ino, &writer).await
+    }
+
+    async fn commit_writer(&self, ino: u64, writer: &super::Shared<FileWriter<S>>) -> FsResult<()> {
+        let mut writer = writer.lock().await;
+        let committed = writer.commit().await?;
+        let Some((size, etag)) = committed else {
+            return Ok(());
+        };
+        let mut inodes = self.inodes.lock().unwrap();
+        if let Some(inode) = inodes.get(ino) {
+            let (parent, name) = (inode.parent, inode.name.clone());
+            let attrs = Attributes {
+                size,
+                etag,
+                ..inode.attrs.clone()
+            };
+            inodes.set_attrs(ino, attrs, self.expiry());
+            drop(inodes);
+            self.remove_local(parent, &name);
+        }
+        Ok(())
+    }
+
+    /// The last close of a handle. Anything still unsent is committed (close already did this
+    /// unless the file was written through mmap); an error here can only be logged.
+    pub async fn release(&self, fh: u64) {
+        let Some((ino, handle)) = self.files.lock().unwrap().remove(&fh) else {
+            return;
+        };
+        if let FileHandle::Write(writer) = handle {
+            if let Err(e) = self.commit_writer(ino, &writer).await {
+                warn!("upload at release failed: {e}");
+            }
+            let mut writers = self.writers.lock().unwrap();
+            if writers.get(&ino).is_some_and(|w| Arc::ptr_eq(w, &writer)) {
+                writers.remove(&ino);
+            }
+        }
+    }
+
+    /// Commits every writer with unsent data (unmount): nothing written is left behind.
+    pub async fn commit_all(&self) {
+        let writers: Vec<_> = self
+            .writers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(ino, w)| (*ino, w.clone()))
+            .collect();
+        for (ino, writer) in writers {
+            if let Err(e) = self.commit_writer(ino, &writer).await {
+                warn!("upload at unmount failed: {e}");
+            }
+        }
+    }
+
+    /// chmod, chown, utimes and truncate. Attribute changes of a file in S3 are a server-side
+    /// self-copy with the new metadata (other metadata kept).
+    pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Entry> {
+        self.check_writable()?;
+        let (_, name, key, attrs, _) = self.inode_parts(ino)?;
+        let writer = self.writers.lock().unwrap().get(&ino).cloned();
+        let mut new_attrs = attrs.clone();
+        if let Some(mode) = change.mode {
+            new_attrs.perm = mode & 0o7777;
+        }
+        if let Some(uid) = change.uid {
+            new_attrs.uid = uid;
+        }
+        if let Some(gid) = change.gid {
+            new_attrs.gid = gid;
+        }
+        if let Some(mtime) = change.mtime {
+            new_attrs.mtime = mtime;
+        }
+        let meta_changed = change.mode.is_some()
+            || change.uid.is_some()
+            || change.gid.is_some()
+            || change.mtime.is_some();
+
+        if let Some(size) = change.size {
+            if attrs.kind == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            if size != attrs.size {
+                if size != 0 {
+                    return Err(FsError::NotSupported);
+                }
+                new_attrs.size = 0;
+                match &writer {
+                    Some(writer) => writer.lock().await.truncate().await?,
+                    None => {
+                        let opts = self.put_options(&name, &new_attrs);
+                        new_attrs.etag = self.store.put(&key, Bytes::new(), &opts).await?;
+                    }
+                }
+            }
+        }
+
+        if meta_changed {
+            let persisted_by_writer = match &writer {
+                Some(writer) => {
+                    let mut writer = writer.lock().await;
+                    *writer.opts_mut() = self.put_options(&name, &new_attrs);
+                    writer.is_dirty()
+                }
+                None => false,
+            };
+            let local_only = self
+                .local_entries
+                .lock()
+                .unwrap()
+                .values()
+                .any(|c| c.values().any(|i| *i == ino));
+            if !persisted_by_writer && !local_only {
+                self.persist_metadata(&name, &key, &new_attrs).await?;
+            }
+        }
+        self.inodes
+            .lock()
+            .unwrap()
+            .set_attrs(ino, new_attrs.clone(), self.expiry());
+        Ok(Entry {
+            ino,
+            attrs: new_attrs,
+        })
+    }
+
+    /// Writes `attrs` as the object's metadata: a self-copy with metadata REPLACE that keeps the
+    /// content type and any other metadata; a directory without marker gets one.
+    async fn persist_metadata(&self, name: &str, key: &str, attrs: &Attributes) -> FsResult<()> {
+        let mut opts = self.put_options(name, attrs);
+        match self.store.head(key).await {
+            Ok(info) => {
+                let mut metadata = info.user_metadata;
+                metadata.extend(opts.user_metadata);
+                opts.user_metadata = metadata;
+                if info.content_type.is_some() {
+                    opts.content_type = info.content_type;
+                }
+                self.copy_object(key, key, info.size, &opts, true).await
+            }
+            Err(StoreError::NotFound) if attrs.kind == Kind::Dir => {
+                self.store.put(key, Bytes::new(), &opts).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// CopyObject, or a multipart UploadPartCopy for objects over 5 GiB.
+    async fn copy_object(
+        &self,
+        source: &str,
+        dest: &str,
+        size: u64,
+        opts: &PutOptions,
+        replace_metadata: bool,
+    ) -> FsResult<()> {
+        if size <= MAX_COPY_OBJECT {
+            return Ok(self
+                .store
+                .copy(source, dest, opts, replace_metadata)
+                .await?);
+        }
+        let opts = if replace_metadata {
+            opts.clone()
+        } else {
+            let info = self.store.head(source).await?;
+            PutOptions {
+                content_type: info.content_type,
+                user_metadata: info.user_metadata,
+                ..opts.clone()
+            }
+        };
+        let id = self.store.create_multipart(dest, &opts).await?;
+        let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..size.div_ceil(COPY_PART_SIZE))
+            .map(|i| {
+                let start = i * COPY_PART_SIZE;
+                (i as i32 + 1, start..(start + COPY_PART_SIZE).min(size))
+            })
+            .collect();
+        let copied: Result<Vec<UploadedPart>, StoreError> = futures::stream::iter(ranges)
+            .map(|(number, range)| {
+                let id = id.clone();
+                async move {
+                    self.store
+                        .upload_part_copy(dest, &id, number, source, range)
+                        .await
+                }
+            })
+            .buffered(8)
+            .try_collect()
+            .await;
+        let result = match copied {
+            Ok(parts) => self
+                .store
+                .complete_multipart(dest, &id, &parts)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            if let Err(abort) = self.store.abort_multipart(dest, &id).await {
+                warn!("aborting the multipart copy failed: {abort}");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Resolves `name` in `parent` (from the table when fresh, else from S3).
+    async fn resolve(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        self.lookup_entry(parent, name, false).await
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let entry = self.resolve(parent, name).await?;
+        if entry.attrs.kind == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let name = validate_component(name)?;
+        let key = self.inode_parts(entry.ino)?.2;
+        let writer = self.writers.lock().unwrap().get(&entry.ino).cloned();
+        if let Some(writer) = writer {
+            writer.lock().await.discard();
+        }
+        self.store.delete(&key).await?;
+        self.inodes.lock().unwrap().detach(parent, name);
+        self.remove_local(parent, name);
+        self.negative.insert(parent, name);
+        self.touch_dir(parent);
+        Ok(())
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> FsResult<Entry> {
+        self.check_writable()?;
+        let name_str = validate_component(name)?;
+        let parent_key = self.dir_key(parent)?;
+        let key = format!("{}/", child_key(&parent_key, name_str)?);
+        match self.resolve(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let attrs = Attributes {
+            kind: Kind::Dir,
+            size: 0,
+            mtime: SystemTime::now(),
+            perm: mode & 0o7777,
+            uid: caller.uid,
+            gid: caller.gid,
+            etag: None,
+        };
+        let opts = self.put_options(name_str, &attrs);
+        self.store.put(&key, Bytes::new(), &opts).await?;
+        self.negative.remove(parent, name_str);
+        self.touch_dir(parent);
+        let mut inodes = self.inodes.lock().unwrap();
+        let inode = inodes.upsert_child(parent, name_str, key, attrs, self.expiry(), true);
+        Ok(Entry {
+            ino: inode.ino,
+            attrs: inode.attrs.clone(),
+        })
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.check_writable()?;
+        let entry = self.resolve(parent, name).await?;
+        if entry.attrs.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let name = validate_component(name)?;
+        let prefix = self.inode_parts(entry.ino)?.2;
+        if self
+            .local_entries
+            .lock()
+            .unwrap()
+            .get(&entry.ino)
+            .is_some_and(|c| !c.is_empty())
+        {
+            return Err(FsError::NotEmpty);
+        }
+        let below = self.store.list_page(&prefix, false, None, Some(2)).await?;
+        if below.objects.iter().any(|o| o.key != prefix) || !below.prefixes.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        self.store.delete(&prefix).await?;
+        self.inodes.lock().unwrap().detach(parent, name);
+        self.negative.insert(parent, name);
+        self.touch_dir(parent);
+        Ok(())
+    }
+
+    /// rename(2). A file is copied server-side then deleted; a directory moves every key below
+    /// it (copies first, with bounded concurrency, then deletes): not atomic, but no object is
+    /// ever lost, since no source is deleted before every copy succeeded.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        let name_str = validate_component(name)?.to_string();
+        let new_name_str = validate_component(new_name)?.to_string();
+        let source = self.resolve(parent, name).await?;
+        let new_parent_key = self.dir_key(new_parent)?;
+        let new_key = child_key(&new_parent_key, &new_name_str)?;
+        let dest = match self.resolve(new_parent, new_name).await {
+            Ok(dest) => Some(dest),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if dest.as_ref().is_some_and(|d| d.ino == source.ino) {
+            return Ok(());
+        }
+        if no_replace && dest.is_some() {
+            return Err(FsError::Exists);
+        }
+        let (_, _, source_key, source_attrs, _) = self.inode_parts(source.ino)?;
+        match (source.attrs.kind, dest.as_ref().map(|d| d.attrs.kind)) {
+            (Kind::File, Some(Kind::Dir)) => return Err(FsError::IsDir),
+            (Kind::Dir, Some(Kind::File)) => return Err(FsError::NotDir),
+            (Kind::Dir, Some(Kind::Dir)) => {
+                let dest_prefix = format!("{new_key}/");
+                let below = self
+                    .store
+                    .list_page(&dest_prefix, false, None, Some(2))
+                    .await?;
+                if below.objects.iter().any(|o| o.key != dest_prefix) || !below.prefixes.is_empty()
+                {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+            _ => {}
+        }
+        let final_key = match source.attrs.kind {
+            Kind::File => {
+                self.rename_file(
+                    source.ino,
+                    &source_key,
+                    &new_key,
+                    &new_name_str,
+                    &source_attrs,
+                )
+                .await?;
+                new_key
+            }
+            Kind::Dir => {
+                if self.is_same_or_below(new_parent, source.ino) {
+                    return Err(FsError::Invalid);
+                }
+                let dest_prefix = format!("{new_key}/");
+                self.rename_dir(&source_key, &dest_prefix).await?;
+                dest_prefix
+            }
+        };
+        {
+            let mut inodes = self.inodes.lock().unwrap();
+            // The copy may carry a new ETag: the moved entry is refreshed at next use.
+            inodes.move_entry(
+                source.ino,
+                new_parent,
+                &new_name_str,
+                final_key.clone(),
+                Instant::now(),
+            );
+            if source.attrs.kind == Kind::Dir {
+                inodes.rekey_below(&source_key, &final_key);
+            }
+        }
+        let local = self
+            .local_entries
+            .lock()
+            .unwrap()
+            .get(&parent)
+            .and_then(|c| c.get(&name_str).copied());
+        if local.is_some() {
+            self.remove_local(parent, &name_str);
+            self.add_local(new_parent, &new_name_str, source.ino);
+        }
+        self.negative.remove(new_parent, &new_name_str);
+        self.negative.insert(parent, &name_str);
+        self.touch_dir(parent);
+        self.touch_dir(new_parent);
+        Ok(())
+    }
+
+    async fn rename_file(
+        &self,
+        ino: u64,
+        source_key: &str,
+        new_key: &str,
+        new_name: &str,
+        attrs: &Attributes,
+    ) -> FsResult<()> {
+        let writer = self.writers.lock().unwrap().get(&ino).cloned();
+        if let Some(writer) = writer {
+            let mut writer = writer.lock().await;
+            if writer.is_dirty() {
+                // Not in S3 yet under the new name: it goes up there at close. An older object
+                // under the old name (an overwrite in progress) is removed now.
+                writer.abort().await;
+                writer.set_key(new_key.to_string());
+                if attrs.etag.is_some() {
+                    self.store.delete(source_key).await?;
+                }
+                return Ok(());
+            }
+            writer.set_key(new_key.to_string());
+        }
+        let opts = self.put_options(new_name, attrs);
+        self.copy_object(source_key, new_key, attrs.size, &opts, false)
+            .await?;
+        self.store.delete(source_key).await?;
+        Ok(())
+    }
+
+    async fn rename_dir(&self, source_prefix: &str, dest_prefix: &str) -> FsResult<()> {
+        let busy = {
+            let writers = self.writers.lock().unwrap();
+            let inodes = self.inodes.lock().unwrap();
+            writers.keys().any(|ino| {
+                inodes
+                    .get(*ino)
+                    .is_some_and(|i| i.key.starts_with(source_prefix))
+            })
+        };
+        if busy {
+            return Err(FsError::Busy);
+        }
+        let mut objects = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .store
+                .list_page(source_prefix, false, token, None)
+                .await?;
+            objects.extend(page.objects);
+            token = page.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        let opts = &self.config.upload;
+        let moves: Vec<(String, String, u64)> = objects
+            .into_iter()
+            .map(|o| {
+                let dest = format!("{dest_prefix}{}", &o.key[source_prefix.len()..]);
+                (o.key, dest, o.size)
+            })
+            .collect();
+        // Boxed and collected first: a lazily mapped stream of borrowing futures trips the
+        // compiler's higher-ranked lifetime check when the caller is spawned.
+        let copies: Vec<BoxFuture<'_, FsResult<()>>> = moves
+            .iter()
+            .map(|(source, dest, size)| self.copy_object(source, dest, *size, opts, false).boxed())
+            .collect();
+        futures::stream::iter(copies)
+            .buffer_unordered(RENAME_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        debug!(
+            count = moves.len(),
+            source_prefix, dest_prefix, "directory copied; deleting sources"
+        );
+        let deletes: Vec<BoxFuture<'_, Result<(), StoreError>>> = moves
+            .iter()
+            .map(|(source, _, _)| self.store.delete(source))
+            .collect();
+        futures::stream::iter(deletes)
+            .buffer_unordered(RENAME_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// True when `ino` is `ancestor` or lies below it.
+    fn is_same_or_below(&self, mut ino: u64, ancestor: u64) -> bool {
+        let inodes = self.inodes.lock().unwrap();
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match inodes.get(ino) {
+                Some(inode) if inode.parent != ino => ino = inode.parent,
+                _ => return false,
+            }
+        }
+    }
+}
