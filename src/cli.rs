@@ -91,6 +91,37 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8M")]
     pub read_part_size: u64,
 
+    /// First part size of multipart uploads, in bytes (suffixes K, M, G); at least 5M. Grows
+    /// after 1,000 parts so one file can reach S3's 5 TiB limit
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8M")]
+    pub write_part_size: u64,
+
+    /// Content-Type of every new object [default: guessed from the file extension]
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+
+    /// Storage class of new objects (STANDARD, STANDARD_IA, GLACIER_IR, ...)
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+
+    /// Server-side encryption of new objects: AES256 or aws:kms
+    #[arg(long, value_name = "MODE", value_parser = ["AES256", "aws:kms"])]
+    pub sse: Option<String>,
+
+    /// KMS key id for --sse aws:kms
+    #[arg(long, value_name = "KEY_ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+
+    /// Canned ACL of new objects (private, bucket-owner-full-control, ...)
+    #[arg(long, value_name = "ACL")]
+    pub acl: Option<String>,
+
+    /// HEAD each listed file once so `ls -l` and `stat` show the owner, mode and mtime stored
+    /// in its metadata (as s3fs does); without it listings cost no HEAD and show defaults
+    /// until a file is looked up by name
+    #[arg(long)]
+    pub stat_metadata: bool,
+
     /// Largest number of S3 requests (and so connections) in flight
     #[arg(long, value_name = "N", default_value = "64")]
     pub max_connections: usize,

@@ -10,6 +10,7 @@ use crate::fs::names::normalize_prefix;
 use crate::fs::read::ReadTuning;
 use crate::fs::FsConfig;
 use crate::store::s3::S3Settings;
+use crate::store::PutOptions;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -104,6 +105,11 @@ impl Config {
                 "--read-part-size must be at most 1G".into(),
             ));
         }
+        if cli.write_part_size < crate::fs::write::MIN_PART_SIZE || cli.write_part_size > 5 << 30 {
+            return Err(ConfigError::InvalidOption(
+                "--write-part-size must be between 5M and 5G (S3's part size limits)".into(),
+            ));
+        }
         if cli.max_connections == 0 {
             return Err(ConfigError::InvalidOption(
                 "--max-connections must be at least 1".into(),
@@ -169,6 +175,16 @@ impl Config {
                 read_only: cli.read_only,
                 tuning,
                 max_memory,
+                write_part_size: cli.write_part_size,
+                content_type: cli.content_type.clone(),
+                upload: PutOptions {
+                    storage_class: cli.storage_class.clone(),
+                    sse: cli.sse.clone(),
+                    sse_kms_key_id: cli.sse_kms_key_id.clone(),
+                    acl: cli.acl.clone(),
+                    ..PutOptions::default()
+                },
+                stat_metadata: cli.stat_metadata,
                 ..FsConfig::default()
             },
             target,

@@ -1,9 +1,10 @@
 //! The FUSE adapter: decodes kernel requests, calls [`Fs`] on the tokio runtime, and replies.
 //! No filesystem logic lives here; FUSE threads never wait on the network.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use fuser::{
@@ -28,11 +29,30 @@ const READDIR_BATCH: usize = 256;
 pub struct FuseAdapter<S> {
     fs: Arc<Fs<S>>,
     runtime: Handle,
+    /// Thread group (process) that opened each file handle: see `flush`.
+    openers: Arc<Mutex<HashMap<u64, u32>>>,
+}
+
+/// The process (thread group) a request's thread belongs to.
+fn process_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(pid)
 }
 
 impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<Fs<S>>, runtime: Handle) -> Self {
-        Self { fs, runtime }
+        Self {
+            fs,
+            runtime,
+            openers: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// The error for operations S3 has no form for: EROFS on a read-only mount, else EOPNOTSUPP.
@@ -304,13 +324,18 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply.error(errno(&self.unsupported()));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
+        let openers = self.openers.clone();
+        let opener = process_of(req.pid());
         self.runtime.spawn(async move {
             match fs.open(ino.0, flags.0).await {
                 // No FOPEN_KEEP_CACHE: the kernel drops cached pages at each open, so a reopen
                 // after the TTL sees an object replaced by another client.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(fh) => {
+                    openers.lock().unwrap().insert(fh, opener);
+                    reply.opened(FileHandle(fh), FopenFlags::empty())
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -360,13 +385,21 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close(): returns only once S3 holds what was written, or with the error.
+        // close(): returns only once S3 holds what was written, or with the error. A close by
+        // another process sharing the descriptor (a child after fork, which closes inherited
+        // descriptors at exec) does not end the upload: the opener goes on writing, and its
+        // own close (or the last close) uploads.
+        let opener = self.openers.lock().unwrap().get(&fh.0).copied();
+        if opener.is_some_and(|o| o != process_of(req.pid())) {
+            debug!(fh = fh.0, "close by another process: upload deferred");
+            return reply.ok();
+        }
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.commit(fh.0).await {
@@ -386,6 +419,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.openers.lock().unwrap().remove(&fh.0);
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             fs.release(fh.0).await;
@@ -536,15 +570,20 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         let (name, caller) = (name.to_owned(), caller(req));
+        let openers = self.openers.clone();
+        let opener = process_of(req.pid());
         self.runtime.spawn(async move {
             match fs.create(parent.0, &name, mode, caller).await {
-                Ok((entry, fh)) => reply.created(
-                    &fs.ttl(),
-                    &file_attr(&entry),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+                Ok((entry, fh)) => {
+                    openers.lock().unwrap().insert(fh, opener);
+                    reply.created(
+                        &fs.ttl(),
+                        &file_attr(&entry),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    )
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

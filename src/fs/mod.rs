@@ -18,10 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::future::BoxFuture;
+use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use crate::store::{ObjectStore, PutOptions, StoreError};
+use crate::store::{ObjectInfo, ObjectStore, PutOptions, StoreError};
 use attrs::{AttrDefaults, Attributes, Kind};
 use cache::{BlockCache, NegativeCache};
 use dir::DirListing;
@@ -32,6 +34,9 @@ use inode::ROOT_INO;
 use names::{child_key, validate_component};
 use read::{FileReader, ReadContext, ReadTuning};
 use write::FileWriter;
+
+/// HEADs in flight at once when `stat_metadata` fills in listed files' attributes.
+const STAT_METADATA_CONCURRENCY: usize = 32;
 
 /// Everything the filesystem layer needs to know, resolved from the command line.
 #[derive(Debug, Clone)]
@@ -52,6 +57,9 @@ pub struct FsConfig {
     pub content_type: Option<String>,
     /// Storage class, encryption and ACL applied to every object written.
     pub upload: PutOptions,
+    /// HEAD each listed file once so `ls -l`/`stat` show its POSIX metadata (s3fs-style
+    /// headers) instead of the defaults; off keeps listings HEAD-free.
+    pub stat_metadata: bool,
 }
 
 impl Default for FsConfig {
@@ -67,6 +75,7 @@ impl Default for FsConfig {
             write_part_size: 8 << 20,
             content_type: None,
             upload: PutOptions::default(),
+            stat_metadata: false,
         }
     }
 }
@@ -399,11 +408,13 @@ impl<S: ObjectStore> Fs<S> {
         let start = offset.saturating_sub(2) as usize;
         let want = max.saturating_sub(items.len());
         let prefix = handle.listing.prefix().to_string();
-        let entries = handle
+        let mut entries = handle
             .listing
             .entries_from(&self.store, start, want)
             .await?
             .to_vec();
+        self.settle_listed_attrs(dir_ino, &prefix, &mut entries)
+            .await?;
         let expires = self.expiry();
         let mut inodes = self.inodes.lock().unwrap();
         for (i, e) in entries.into_iter().enumerate() {
@@ -412,19 +423,7 @@ impl<S: ObjectStore> Fs<S> {
                 Kind::Dir => format!("{prefix}{}/", e.name),
                 Kind::File => format!("{prefix}{}", e.name),
             };
-            let held = inodes
-                .child(dir_ino, &e.name)
-                .filter(|c| self.has_writer(c.ino))
-                .map(|c| c.ino);
-            let entry = if let Some(ino) = held.filter(|_| plus) {
-                // Being written in this mount: our attributes, not the listing's old ones.
-                inodes.add_lookup(ino);
-                let inode = inodes.get(ino).expect("child exists");
-                Entry {
-                    ino,
-                    attrs: inode.attrs.clone(),
-                }
-            } else if plus {
+            let entry = if plus {
                 let inode = inodes.upsert_child(dir_ino, &e.name, key, e.attrs, expires, true);
                 Entry {
                     ino: inode.ino,
@@ -448,6 +447,60 @@ impl<S: ObjectStore> Fs<S> {
             });
         }
         Ok(items)
+    }
+
+    /// Listings carry no metadata, so a listed file shows the mount's default owner and mode and
+    /// S3's LastModified. Better attributes already known for the same object version (from a
+    /// HEAD, a write or a chmod in this mount) are kept; files being written keep theirs. With
+    /// `stat_metadata`, unknown files are HEADed (concurrently) so `stat` shows their POSIX
+    /// metadata, at the cost of one HEAD per new object.
+    async fn settle_listed_attrs(
+        &self,
+        dir: u64,
+        prefix: &str,
+        entries: &mut [dir::DirEntry],
+    ) -> FsResult<()> {
+        let mut unknown = Vec::new();
+        {
+            let inodes = self.inodes.lock().unwrap();
+            for (i, e) in entries.iter_mut().enumerate() {
+                let known = inodes
+                    .child(dir, &e.name)
+                    .filter(|c| c.kind() == e.attrs.kind);
+                match known {
+                    Some(c) if self.has_writer(c.ino) => e.attrs = c.attrs.clone(),
+                    Some(c) if e.attrs.kind == Kind::Dir || c.attrs.etag == e.attrs.etag => {
+                        e.attrs = c.attrs.clone()
+                    }
+                    _ if e.attrs.kind == Kind::File => unknown.push(i),
+                    _ => {}
+                }
+            }
+        }
+        if !self.config.stat_metadata || unknown.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = unknown
+            .iter()
+            .map(|&i| format!("{prefix}{}", entries[i].name))
+            .collect();
+        // Collected (boxed) before streaming, for the same higher-ranked lifetime reason as in
+        // rename_dir.
+        let heads: Vec<BoxFuture<'_, Result<ObjectInfo, StoreError>>> =
+            keys.iter().map(|key| self.store.head(key)).collect();
+        let results: Vec<_> = futures::stream::iter(heads)
+            .buffered(STAT_METADATA_CONCURRENCY)
+            .collect()
+            .await;
+        for (i, result) in unknown.into_iter().zip(results) {
+            match result {
+                Ok(info) => entries[i].attrs = Attributes::file(&info, &self.config.defaults),
+                // Deleted since the listing: shown as listed; a lookup will tell.
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -307,6 +307,7 @@ impl<S: ObjectStore> Fs<S> {
         let Some((size, etag)) = committed else {
             return Ok(());
         };
+        debug!(key = writer.key(), size, "committed");
         let mut inodes = self.inodes.lock().unwrap();
         if let Some(inode) = inodes.get(ino) {
             let (parent, name) = (inode.parent, inode.name.clone());
@@ -360,6 +361,7 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Entry> {
         self.check_writable()?;
         let (_, name, key, attrs, _) = self.inode_parts(ino)?;
+        debug!(key, ?change, "setattr");
         let writer = self.writers.lock().unwrap().get(&ino).cloned();
         let mut new_attrs = attrs.clone();
         if let Some(mode) = change.mode {
@@ -414,7 +416,10 @@ impl<S: ObjectStore> Fs<S> {
                 .values()
                 .any(|c| c.values().any(|i| *i == ino));
             if !persisted_by_writer && !local_only {
-                self.persist_metadata(&name, &key, &new_attrs).await?;
+                let etag = self.persist_metadata(&name, &key, &new_attrs).await?;
+                if new_attrs.kind == Kind::File {
+                    new_attrs.etag = etag;
+                }
             }
         }
         self.inodes
@@ -429,7 +434,13 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Writes `attrs` as the object's metadata: a self-copy with metadata REPLACE that keeps the
     /// content type and any other metadata; a directory without marker gets one.
-    async fn persist_metadata(&self, name: &str, key: &str, attrs: &Attributes) -> FsResult<()> {
+    /// Returns the object's new ETag.
+    async fn persist_metadata(
+        &self,
+        name: &str,
+        key: &str,
+        attrs: &Attributes,
+    ) -> FsResult<Option<String>> {
         let mut opts = self.put_options(name, attrs);
         match self.store.head(key).await {
             Ok(info) => {
@@ -442,8 +453,7 @@ impl<S: ObjectStore> Fs<S> {
                 self.copy_object(key, key, info.size, &opts, true).await
             }
             Err(StoreError::NotFound) if attrs.kind == Kind::Dir => {
-                self.store.put(key, Bytes::new(), &opts).await?;
-                Ok(())
+                Ok(self.store.put(key, Bytes::new(), &opts).await?)
             }
             Err(e) => Err(e.into()),
         }
@@ -457,7 +467,7 @@ impl<S: ObjectStore> Fs<S> {
         size: u64,
         opts: &PutOptions,
         replace_metadata: bool,
-    ) -> FsResult<()> {
+    ) -> FsResult<Option<String>> {
         if size <= MAX_COPY_OBJECT {
             return Ok(self
                 .store
@@ -494,20 +504,18 @@ impl<S: ObjectStore> Fs<S> {
             .try_collect()
             .await;
         let result = match copied {
-            Ok(parts) => self
-                .store
-                .complete_multipart(dest, &id, &parts)
-                .await
-                .map(|_| ()),
+            Ok(parts) => self.store.complete_multipart(dest, &id, &parts).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = result {
-            if let Err(abort) = self.store.abort_multipart(dest, &id).await {
-                warn!("aborting the multipart copy failed: {abort}");
+        match result {
+            Ok(etag) => Ok(etag),
+            Err(e) => {
+                if let Err(abort) = self.store.abort_multipart(dest, &id).await {
+                    warn!("aborting the multipart copy failed: {abort}");
+                }
+                Err(e.into())
             }
-            return Err(e.into());
         }
-        Ok(())
     }
 
     /// Resolves `name` in `parent` (from the table when fresh, else from S3).
@@ -629,6 +637,7 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::Exists);
         }
         let (_, _, source_key, source_attrs, _) = self.inode_parts(source.ino)?;
+        debug!(source_key, new_key, "rename");
         match (source.attrs.kind, dest.as_ref().map(|d| d.attrs.kind)) {
             (Kind::File, Some(Kind::Dir)) => return Err(FsError::IsDir),
             (Kind::Dir, Some(Kind::File)) => return Err(FsError::NotDir),
@@ -645,16 +654,18 @@ impl<S: ObjectStore> Fs<S> {
             }
             _ => {}
         }
+        let mut copied_etag = None;
         let final_key = match source.attrs.kind {
             Kind::File => {
-                self.rename_file(
-                    source.ino,
-                    &source_key,
-                    &new_key,
-                    &new_name_str,
-                    &source_attrs,
-                )
-                .await?;
+                copied_etag = self
+                    .rename_file(
+                        source.ino,
+                        &source_key,
+                        &new_key,
+                        &new_name_str,
+                        &source_attrs,
+                    )
+                    .await?;
                 new_key
             }
             Kind::Dir => {
@@ -668,14 +679,21 @@ impl<S: ObjectStore> Fs<S> {
         };
         {
             let mut inodes = self.inodes.lock().unwrap();
-            // The copy may carry a new ETag: the moved entry is refreshed at next use.
+            // A copy may carry a new ETag: record it, so listings keep matching this entry.
             inodes.move_entry(
                 source.ino,
                 new_parent,
                 &new_name_str,
                 final_key.clone(),
-                Instant::now(),
+                self.expiry(),
             );
+            if let Some(etag) = copied_etag {
+                let attrs = Attributes {
+                    etag: Some(etag),
+                    ..source_attrs.clone()
+                };
+                inodes.set_attrs(source.ino, attrs, self.expiry());
+            }
             if source.attrs.kind == Kind::Dir {
                 inodes.rekey_below(&source_key, &final_key);
             }
@@ -704,7 +722,7 @@ impl<S: ObjectStore> Fs<S> {
         new_key: &str,
         new_name: &str,
         attrs: &Attributes,
-    ) -> FsResult<()> {
+    ) -> FsResult<Option<String>> {
         let writer = self.writers.lock().unwrap().get(&ino).cloned();
         if let Some(writer) = writer {
             let mut writer = writer.lock().await;
@@ -716,15 +734,16 @@ impl<S: ObjectStore> Fs<S> {
                 if attrs.etag.is_some() {
                     self.store.delete(source_key).await?;
                 }
-                return Ok(());
+                return Ok(None);
             }
             writer.set_key(new_key.to_string());
         }
         let opts = self.put_options(new_name, attrs);
-        self.copy_object(source_key, new_key, attrs.size, &opts, false)
+        let etag = self
+            .copy_object(source_key, new_key, attrs.size, &opts, false)
             .await?;
         self.store.delete(source_key).await?;
-        Ok(())
+        Ok(etag)
     }
 
     async fn rename_dir(&self, source_prefix: &str, dest_prefix: &str) -> FsResult<()> {
@@ -763,13 +782,13 @@ impl<S: ObjectStore> Fs<S> {
             .collect();
         // Boxed and collected first: a lazily mapped stream of borrowing futures trips the
         // compiler's higher-ranked lifetime check when the caller is spawned.
-        let copies: Vec<BoxFuture<'_, FsResult<()>>> = moves
+        let copies: Vec<BoxFuture<'_, FsResult<Option<String>>>> = moves
             .iter()
             .map(|(source, dest, size)| self.copy_object(source, dest, *size, opts, false).boxed())
             .collect();
         futures::stream::iter(copies)
             .buffer_unordered(RENAME_CONCURRENCY)
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<_>>()
             .await?;
         debug!(
             count = moves.len(),

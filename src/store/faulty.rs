@@ -172,7 +172,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         dest: &str,
         opts: &PutOptions,
         replace_metadata: bool,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
         self.check(Op::Copy)?;
         self.inner.copy(source, dest, opts, replace_metadata).await
     }

@@ -292,7 +292,7 @@ impl ObjectStore for MemoryStore {
         dest: &str,
         opts: &PutOptions,
         replace_metadata: bool,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
         let (data, info) = {
             let objects = self.objects.lock().unwrap();
             let object = objects.get(source).ok_or(StoreError::NotFound)?;
@@ -307,7 +307,6 @@ impl ObjectStore for MemoryStore {
                 ..opts.clone()
             }
         };
-        self.insert_with(dest, data, &opts);
-        Ok(())
+        Ok(Some(self.insert_with(dest, data, &opts)))
     }
 }

@@ -150,12 +150,12 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Server-side copy of an object up to 5 GiB (CopyObject), with the mount's storage class,
     /// encryption and ACL from `opts`. With `replace_metadata` the copy gets `opts`' content
-    /// type and user metadata; otherwise it keeps the source's.
+    /// type and user metadata; otherwise it keeps the source's. Returns the copy's ETag.
     async fn copy(
         &self,
         source: &str,
         dest: &str,
         opts: &PutOptions,
         replace_metadata: bool,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Option<String>>;
 }

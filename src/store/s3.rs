@@ -462,7 +462,7 @@ impl ObjectStore for S3Store {
         dest: &str,
         opts: &PutOptions,
         replace_metadata: bool,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
         let _permit = self.permits.acquire().await.expect("semaphore closed");
         let mut request = self
             .client
@@ -476,11 +476,14 @@ impl ObjectStore for S3Store {
                 .set_content_type(opts.content_type.clone())
                 .set_metadata(metadata_or_none(opts));
         }
-        with_upload_options!(request, opts)
+        let out = with_upload_options!(request, opts)
             .send()
             .await
             .map_err(classify)?;
-        Ok(())
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .map(str::to_string))
     }
 }
 

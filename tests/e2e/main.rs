@@ -5,3 +5,4 @@
 mod cli;
 mod read;
 mod support;
+mod write;

@@ -295,34 +295,3 @@ fn an_object_replaced_while_open_gives_an_error_not_mixed_data() {
     let reopened = std::fs::read(mount.join("pinned.bin")).unwrap();
     assert_eq!(reopened, bucket.get("pinned.bin"));
 }
-
-#[test]
-fn writes_fail_cleanly_until_the_write_side_exists() {
-    let bucket = TestBucket::new();
-    bucket.put("existing.txt", "keep me");
-    let mount = Mount::new(&bucket.name, &[]);
-    let err = std::fs::write(mount.join("new.txt"), "x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
-    let err = std::fs::OpenOptions::new()
-        .append(true)
-        .open(mount.join("existing.txt"))
-        .unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
-    let err = std::fs::create_dir(mount.join("newdir")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
-    let err = std::fs::remove_file(mount.join("existing.txt")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
-    assert_eq!(bucket.keys(), ["existing.txt"]);
-    assert_eq!(bucket.get("existing.txt"), b"keep me");
-    drop(mount);
-
-    let ro = Mount::new(&bucket.name, &["--read-only"]);
-    let err = std::fs::write(ro.join("new.txt"), "x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    let err = std::fs::remove_file(ro.join("existing.txt")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
-    assert_eq!(
-        std::fs::read_to_string(ro.join("existing.txt")).unwrap(),
-        "keep me"
-    );
-}

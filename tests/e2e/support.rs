@@ -218,8 +218,13 @@ impl TestBucket {
 
 /// Environment for bucketfs pointing at the shared server.
 pub fn server_env() -> Vec<(&'static str, String)> {
+    env_for(&server().endpoint)
+}
+
+/// Environment for bucketfs pointing at `endpoint` with the test credentials.
+pub fn env_for(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("AWS_ENDPOINT_URL", server().endpoint.clone()),
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
@@ -264,6 +269,10 @@ pub struct Mount {
 
 impl Mount {
     pub fn new(bucket: &str, extra_args: &[&str]) -> Self {
+        Self::with_endpoint(bucket, &server().endpoint, extra_args)
+    }
+
+    pub fn with_endpoint(bucket: &str, endpoint: &str, extra_args: &[&str]) -> Self {
         let fusermount = Command::new("fusermount3").arg("-V").output();
         assert!(
             fusermount.is_ok(),
@@ -279,7 +288,7 @@ impl Mount {
             .arg(dir.path())
             .arg("-f")
             .args(extra_args)
-            .envs(server_env())
+            .envs(env_for(endpoint))
             .env("RUST_LOG", "bucketfs=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -334,7 +343,12 @@ impl Drop for Mount {
                 }
             }
         }
-        let _ = std::fs::remove_file(self.dir.path().with_extension("log"));
+        let log = self.dir.path().with_extension("log");
+        if std::thread::panicking() {
+            eprintln!("bucketfs log kept for the failed test: {}", log.display());
+        } else {
+            let _ = std::fs::remove_file(log);
+        }
     }
 }
 
