@@ -3,6 +3,7 @@
 //!
 //!   s3-ceiling get  BUCKET KEY  [--part-size 8M] [--concurrency 16]
 //!   s3-ceiling put  BUCKET KEY SIZE [--part-size 8M] [--concurrency 16]   (random data)
+//!   s3-ceiling put-many BUCKET PREFIX COUNT SIZE [--concurrency 16]   (small objects)
 //!   s3-ceiling list BUCKET PREFIX
 //!   s3-ceiling mb   BUCKET
 //!
@@ -218,6 +219,47 @@ async fn put(
     Ok(())
 }
 
+/// `count` PutObjects of `size` random bytes under `prefix`, `concurrency` at a time.
+async fn put_many(
+    client: Client,
+    bucket: &str,
+    prefix: &str,
+    count: u64,
+    size: u64,
+    concurrency: usize,
+) -> Result<(), String> {
+    let body = random_part(size as usize, 3);
+    let started = Instant::now();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let permit = permits.clone().acquire_owned().await.expect("semaphore");
+        let (client, bucket) = (client.clone(), bucket.to_string());
+        let key = format!("{prefix}{i:06}");
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("put: {e:?}"))
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    println!(
+        "op=put-many count={count} seconds={:.3}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// A full paginated, delimited listing of a prefix.
 async fn list(client: Client, bucket: &str, prefix: &str) -> Result<(), String> {
     let started = Instant::now();
@@ -253,6 +295,10 @@ async fn run(args: Args) -> Result<(), String> {
         ["get", bucket, key] => get(client, bucket, key, args.part_size, args.concurrency).await,
         ["put", bucket, key, size] => {
             put(client, bucket, key, parse_size(size)?, args.part_size, args.concurrency).await
+        }
+        ["put-many", bucket, prefix, count, size] => {
+            let count = count.parse().map_err(|_| "COUNT must be a number")?;
+            put_many(client, bucket, prefix, count, parse_size(size)?, args.concurrency).await
         }
         ["list", bucket, prefix] => list(client, bucket, prefix).await,
         ["list", bucket] => list(client, bucket, "").await,

@@ -21,6 +21,8 @@ use crate::store::{ObjectStore, PutOptions, StoreResult, UploadedPart};
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const MAX_PARTS: i32 = 10_000;
 const MAX_PART_SIZE: u64 = 5 << 30;
+/// Part uploads of one file running at once.
+const MAX_PARTS_IN_FLIGHT: usize = 16;
 
 /// How long a writer waits for memory before going over budget rather than risking a
 /// deadlock (every writer waiting on memory held by the others' partial parts).
@@ -157,24 +159,43 @@ impl<S: ObjectStore> FileWriter<S> {
             self.state = State::Open;
         }
         self.reserve(data.len()).await;
-        self.buffer.extend_from_slice(data);
-        self.size += data.len() as u64;
-        loop {
+        let mut rest = data;
+        while !rest.is_empty() {
             let number = self.upload.as_ref().map(|u| u.next_number).unwrap_or(1);
-            let part_size = part_size_for(self.base_part_size, number) as usize;
-            if self.buffer.len() < part_size {
-                break;
-            }
             if number > MAX_PARTS {
                 return Err(self.fail(FsError::FileTooLarge).await);
             }
-            let part = self.buffer.split_to(part_size).freeze();
-            let permit = self.take_permit(part.len());
-            if let Err(e) = self.send_part(part, permit).await {
-                return Err(self.fail(e).await);
+            let part_size = part_size_for(self.base_part_size, number) as usize;
+            let take = (part_size - self.buffer.len()).min(rest.len());
+            self.grow_buffer(take, part_size);
+            self.buffer.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            self.size += take as u64;
+            if self.buffer.len() == part_size {
+                // The full part leaves with its own allocation: nothing of it stays behind.
+                let part = std::mem::take(&mut self.buffer).freeze();
+                let permit = self.take_permit(part.len());
+                if let Err(e) = self.send_part(part, permit).await {
+                    return Err(self.fail(e).await);
+                }
             }
         }
         Ok(data.len() as u32)
+    }
+
+    /// Makes room for `additional` bytes: small files grow in powers of two; past 1 MiB the
+    /// buffer takes the whole part at once, so a part is never copied on growth nor held twice.
+    fn grow_buffer(&mut self, additional: usize, part_size: usize) {
+        let needed = self.buffer.len() + additional;
+        if needed <= self.buffer.capacity() {
+            return;
+        }
+        let target = if needed <= 1 << 20 {
+            needed.next_power_of_two()
+        } else {
+            part_size
+        };
+        self.buffer.reserve(target - self.buffer.len());
     }
 
     /// Holds budget for `len` more buffered bytes, waiting for other writers' parts to finish
@@ -237,6 +258,15 @@ impl<S: ObjectStore> FileWriter<S> {
             }
         }
         upload.running = still_running;
+        // Enough parts in flight per file to fill the pipe; more would only add memory.
+        if upload.running.len() >= MAX_PARTS_IN_FLIGHT {
+            let oldest = upload.running.remove(0);
+            let part = oldest
+                .await
+                .map_err(|e| FsError::Io(format!("part upload task: {e}")))??;
+            self.done_parts.push(part);
+        }
+        let upload = self.upload.as_mut().expect("created above");
         let number = upload.next_number;
         upload.next_number += 1;
         let (store, key, id) = (self.store.clone(), self.key.clone(), upload.id.clone());
