@@ -3,7 +3,10 @@
 //!
 //!   s3-ceiling get  BUCKET KEY  [--part-size 8M] [--concurrency 16]
 //!   s3-ceiling put  BUCKET KEY SIZE [--part-size 8M] [--concurrency 16]   (random data)
-//!   s3-ceiling put-many BUCKET PREFIX COUNT SIZE [--concurrency 16]   (small objects)
+//!   s3-ceiling put-many BUCKET PREFIX COUNT SIZE [DIRS] [--concurrency 16]   (small objects,
+//!              spread over DIRS sub-prefixes d000/, d001/, ... when given)
+//!   s3-ceiling randget BUCKET KEY BLOCK SECONDS   (aligned random ranged GETs, 1 at a time)
+//!   s3-ceiling ttfb BUCKET KEY                     (one 1-byte GET)
 //!   s3-ceiling list BUCKET PREFIX
 //!   s3-ceiling mb   BUCKET
 //!
@@ -226,6 +229,7 @@ async fn put_many(
     prefix: &str,
     count: u64,
     size: u64,
+    dirs: Option<u64>,
     concurrency: usize,
 ) -> Result<(), String> {
     let body = random_part(size as usize, 3);
@@ -235,7 +239,10 @@ async fn put_many(
     for i in 0..count {
         let permit = permits.clone().acquire_owned().await.expect("semaphore");
         let (client, bucket) = (client.clone(), bucket.to_string());
-        let key = format!("{prefix}{i:06}");
+        let key = match dirs {
+            Some(dirs) => format!("{prefix}d{:03}/f{i:06}", i % dirs),
+            None => format!("{prefix}{i:06}"),
+        };
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
@@ -257,6 +264,67 @@ async fn put_many(
         "op=put-many count={count} seconds={:.3}",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Random aligned ranged GETs of `block` bytes, one at a time, for `seconds`: what a single
+/// random reader (fio, iodepth 1) could get straight from S3.
+async fn randget(
+    client: Client,
+    bucket: &str,
+    key: &str,
+    block: u64,
+    seconds: f64,
+) -> Result<(), String> {
+    let head = client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("head: {e:?}"))?;
+    let blocks = (head.content_length().unwrap_or(0) as u64 / block).max(1);
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let started = Instant::now();
+    let mut ops = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let offset = (state % blocks) * block;
+        let out = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", offset, offset + block - 1))
+            .send()
+            .await
+            .map_err(|e| format!("get: {e:?}"))?;
+        out.body.collect().await.map_err(|e| e.to_string())?;
+        ops += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "op=randget ops={ops} seconds={secs:.3} iops={:.1} mib_per_s={:.1}",
+        ops as f64 / secs,
+        (ops * block) as f64 / (1 << 20) as f64 / secs
+    );
+    Ok(())
+}
+
+/// Time to the first byte of an object: one 1-byte ranged GET.
+async fn ttfb(client: Client, bucket: &str, key: &str) -> Result<(), String> {
+    let started = Instant::now();
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .range("bytes=0-0")
+        .send()
+        .await
+        .map_err(|e| format!("get: {e:?}"))?;
+    out.body.collect().await.map_err(|e| e.to_string())?;
+    println!("op=ttfb seconds={:.6}", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -296,10 +364,19 @@ async fn run(args: Args) -> Result<(), String> {
         ["put", bucket, key, size] => {
             put(client, bucket, key, parse_size(size)?, args.part_size, args.concurrency).await
         }
-        ["put-many", bucket, prefix, count, size] => {
+        ["put-many", bucket, prefix, count, size, rest @ ..] if rest.len() <= 1 => {
             let count = count.parse().map_err(|_| "COUNT must be a number")?;
-            put_many(client, bucket, prefix, count, parse_size(size)?, args.concurrency).await
+            let dirs = match rest.first() {
+                Some(d) => Some(d.parse().map_err(|_| "DIRS must be a number")?),
+                None => None,
+            };
+            put_many(client, bucket, prefix, count, parse_size(size)?, dirs, args.concurrency).await
         }
+        ["randget", bucket, key, block, seconds] => {
+            let seconds = seconds.parse().map_err(|_| "SECONDS must be a number")?;
+            randget(client, bucket, key, parse_size(block)?, seconds).await
+        }
+        ["ttfb", bucket, key] => ttfb(client, bucket, key).await,
         ["list", bucket, prefix] => list(client, bucket, prefix).await,
         ["list", bucket] => list(client, bucket, "").await,
         ["mb", bucket] => client
