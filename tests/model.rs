@@ -316,7 +316,7 @@ fn without_dir_modes(model: &BTreeMap<String, Node>) -> BTreeMap<String, Node> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn filesystem_agrees_with_the_model(ops in prop::collection::vec(op(), 1..40)) {

@@ -1,6 +1,7 @@
 //! Caches: negative lookups (bounded by count, with TTL) and data blocks (bounded by bytes).
 //! Positive metadata lives with the inodes (see `inode.rs`), refreshed after the TTL.
 
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -63,6 +64,82 @@ impl NegativeCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Largest directory whose complete list of names is kept (one listing page).
+pub const SNAPSHOT_MAX_NAMES: usize = 1000;
+
+/// The complete set of names of small directories (made by this mount, or fully listed), so a
+/// lookup of a name that is not there is answered with no request while the set is fresh. This
+/// is what makes creating files fast: the kernel holds the directory locked across the lookup
+/// that precedes every `O_CREAT`, so that lookup's round trip would serialize all creators.
+pub struct DirSnapshots {
+    ttl: Duration,
+    entries: Mutex<LruCache<u64, (Instant, HashSet<String>)>>,
+}
+
+/// What a snapshot says about a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotAnswer {
+    Absent,
+    Present,
+    /// No snapshot of that directory.
+    Unknown,
+    /// A snapshot exists but is older than the TTL: re-list to renew it.
+    Stale,
+}
+
+impl DirSnapshots {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
+            )),
+        }
+    }
+
+    /// Records the complete names of `dir` (ignored when too many, or with a TTL of 0).
+    pub fn set(&self, dir: u64, names: HashSet<String>) {
+        let mut entries = self.entries.lock().unwrap();
+        if self.ttl.is_zero() || names.len() > SNAPSHOT_MAX_NAMES {
+            entries.pop(&dir);
+            return;
+        }
+        entries.put(dir, (Instant::now() + self.ttl, names));
+    }
+
+    pub fn answer(&self, dir: u64, name: &str) -> SnapshotAnswer {
+        let mut entries = self.entries.lock().unwrap();
+        match entries.get(&dir) {
+            None => SnapshotAnswer::Unknown,
+            Some((expires, _)) if *expires <= Instant::now() => SnapshotAnswer::Stale,
+            Some((_, names)) if names.contains(name) => SnapshotAnswer::Present,
+            Some(_) => SnapshotAnswer::Absent,
+        }
+    }
+
+    /// This mount added `name` to `dir`.
+    pub fn add(&self, dir: u64, name: &str) {
+        let mut entries = self.entries.lock().unwrap();
+        if let Some((_, names)) = entries.get_mut(&dir) {
+            names.insert(name.to_string());
+            if names.len() > SNAPSHOT_MAX_NAMES {
+                entries.pop(&dir);
+            }
+        }
+    }
+
+    /// This mount removed `name` from `dir`.
+    pub fn remove(&self, dir: u64, name: &str) {
+        if let Some((_, names)) = self.entries.lock().unwrap().get_mut(&dir) {
+            names.remove(name);
+        }
+    }
+
+    pub fn forget(&self, dir: u64) {
+        self.entries.lock().unwrap().pop(&dir);
     }
 }
 
@@ -156,6 +233,28 @@ mod tests {
             "larger than the cache: not kept"
         );
         assert!(cache.bytes() <= 300);
+    }
+
+    #[test]
+    fn directory_snapshots_answer_until_stale() {
+        let snapshots = DirSnapshots::new(10, Duration::from_millis(50));
+        assert_eq!(snapshots.answer(7, "a"), SnapshotAnswer::Unknown);
+        snapshots.set(7, HashSet::from(["a".to_string()]));
+        assert_eq!(snapshots.answer(7, "a"), SnapshotAnswer::Present);
+        assert_eq!(snapshots.answer(7, "b"), SnapshotAnswer::Absent);
+        snapshots.add(7, "b");
+        snapshots.remove(7, "a");
+        assert_eq!(snapshots.answer(7, "b"), SnapshotAnswer::Present);
+        assert_eq!(snapshots.answer(7, "a"), SnapshotAnswer::Absent);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(snapshots.answer(7, "b"), SnapshotAnswer::Stale);
+        let big: HashSet<String> = (0..=SNAPSHOT_MAX_NAMES).map(|i| i.to_string()).collect();
+        snapshots.set(8, big);
+        assert_eq!(
+            snapshots.answer(8, "x"),
+            SnapshotAnswer::Unknown,
+            "too large to keep"
+        );
     }
 
     #[test]

@@ -66,6 +66,12 @@ impl DirListing {
         *self = Self::new(self.prefix.clone(), self.defaults, self.dir_mtime);
     }
 
+    /// Every name in the directory, once the listing has ended.
+    pub fn complete_names(&self) -> Option<std::collections::HashSet<String>> {
+        self.done
+            .then(|| self.entries.iter().map(|e| e.name.clone()).collect())
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

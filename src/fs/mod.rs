@@ -25,7 +25,7 @@ use tracing::debug;
 
 use crate::store::{ObjectInfo, ObjectStore, PutOptions, StoreError};
 use attrs::{AttrDefaults, Attributes, Kind};
-use cache::{BlockCache, NegativeCache};
+use cache::{BlockCache, DirSnapshots, NegativeCache, SnapshotAnswer, SNAPSHOT_MAX_NAMES};
 use dir::DirListing;
 use error::{FsError, FsResult};
 use inode::InodeTable;
@@ -144,6 +144,7 @@ pub struct Fs<S> {
     config: FsConfig,
     inodes: Mutex<InodeTable>,
     negative: NegativeCache,
+    snapshots: DirSnapshots,
     read_ctx: ReadContext<S>,
     /// Open files: handle -> (inode, reader or writer).
     files: Mutex<HashMap<u64, (u64, FileHandle<S>)>>,
@@ -168,6 +169,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         Self {
             negative: NegativeCache::new(config.negative_cache_entries, config.metadata_ttl),
+            snapshots: DirSnapshots::new(1024, config.metadata_ttl),
             inodes: Mutex::new(InodeTable::new(config.prefix.clone(), root_attrs)),
             store,
             config,
@@ -235,6 +237,15 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotFound);
         }
         let key = child_key(&parent_key, name)?;
+        let mut answer = self.snapshots.answer(parent, name);
+        if answer == SnapshotAnswer::Stale {
+            self.renew_snapshot(parent, &parent_key).await?;
+            answer = self.snapshots.answer(parent, name);
+        }
+        if answer == SnapshotAnswer::Absent {
+            self.negative.insert(parent, name);
+            return Err(FsError::NotFound);
+        }
         let found = self.probe(&key).await;
         let mut inodes = self.inodes.lock().unwrap();
         match found {
@@ -253,6 +264,21 @@ impl<S: ObjectStore> Fs<S> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Lists a small directory again to renew its snapshot (dropped if it grew too large).
+    async fn renew_snapshot(&self, dir: u64, prefix: &str) -> FsResult<()> {
+        let mut listing =
+            DirListing::new(prefix.to_string(), self.config.defaults, self.mount_time);
+        listing.set_local(self.local_children(dir));
+        listing
+            .entries_from(&self.store, 0, SNAPSHOT_MAX_NAMES + 1)
+            .await?;
+        match listing.complete_names() {
+            Some(names) => self.snapshots.set(dir, names),
+            None => self.snapshots.forget(dir),
+        }
+        Ok(())
     }
 
     /// Asks the store what `key` is: a directory (any key below `key/`) wins over a file.
@@ -413,6 +439,11 @@ impl<S: ObjectStore> Fs<S> {
             .entries_from(&self.store, start, want)
             .await?
             .to_vec();
+        if entries.len() < want {
+            if let Some(names) = handle.listing.complete_names() {
+                self.snapshots.set(dir_ino, names);
+            }
+        }
         self.settle_listed_attrs(dir_ino, &prefix, &mut entries)
             .await?;
         let expires = self.expiry();

@@ -183,6 +183,7 @@ impl<S: ObjectStore> Fs<S> {
         )));
         self.writers.lock().unwrap().insert(ino, writer.clone());
         self.add_local(parent, name, ino);
+        self.snapshots.add(parent, name);
         self.touch_dir(parent);
         let fh = self.new_handle(ino, FileHandle::Write(writer));
         Ok((Entry { ino, attrs }, fh))
@@ -538,6 +539,7 @@ impl<S: ObjectStore> Fs<S> {
         self.store.delete(&key).await?;
         self.inodes.lock().unwrap().detach(parent, name);
         self.remove_local(parent, name);
+        self.snapshots.remove(parent, name);
         self.negative.insert(parent, name);
         self.touch_dir(parent);
         Ok(())
@@ -571,9 +573,12 @@ impl<S: ObjectStore> Fs<S> {
         let opts = self.put_options(name_str, &attrs);
         self.store.put(&key, Bytes::new(), &opts).await?;
         self.negative.remove(parent, name_str);
+        self.snapshots.add(parent, name_str);
         self.touch_dir(parent);
         let mut inodes = self.inodes.lock().unwrap();
         let inode = inodes.upsert_child(parent, name_str, key, attrs, self.expiry(), true);
+        // A directory this mount just made is empty: lookups in it need not ask.
+        self.snapshots.set(inode.ino, Default::default());
         Ok(Entry {
             ino: inode.ino,
             attrs: inode.attrs.clone(),
@@ -603,6 +608,8 @@ impl<S: ObjectStore> Fs<S> {
         }
         self.store.delete(&prefix).await?;
         self.inodes.lock().unwrap().detach(parent, name);
+        self.snapshots.remove(parent, name);
+        self.snapshots.forget(entry.ino);
         self.negative.insert(parent, name);
         self.touch_dir(parent);
         Ok(())
@@ -710,6 +717,8 @@ impl<S: ObjectStore> Fs<S> {
         }
         self.negative.remove(new_parent, &new_name_str);
         self.negative.insert(parent, &name_str);
+        self.snapshots.remove(parent, &name_str);
+        self.snapshots.add(new_parent, &new_name_str);
         self.touch_dir(parent);
         self.touch_dir(new_parent);
         Ok(())

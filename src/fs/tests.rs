@@ -695,3 +695,19 @@ async fn names_and_keys_too_long_are_refused_on_create() {
         libc::ENAMETOOLONG
     );
 }
+
+#[tokio::test]
+async fn directory_rename_moves_every_key_across_listing_pages() {
+    // Page size 2: "a/", "a/b/" on the first page, "a/b/x/" on the next.
+    let store = Arc::new(FaultyStore::new(MemoryStore::with_page_size(2)));
+    let fs = Fs::new(store.clone(), FsConfig::default());
+    for dir in ["a", "a/b", "a/b/x", "c"] {
+        let (parent, name) = parent_of(&fs, dir).await.unwrap();
+        fs.mkdir(parent, name, 0o755, ROOT).await.unwrap();
+    }
+    let c = lookup_path(&fs, "c").await.unwrap();
+    fs.rename(ROOT_INO, OsStr::new("a"), c.ino, OsStr::new("x"), false)
+        .await
+        .unwrap();
+    assert_eq!(store.inner().keys(), ["c/", "c/x/", "c/x/b/", "c/x/b/x/"]);
+}

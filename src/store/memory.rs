@@ -141,13 +141,17 @@ impl ObjectStore for MemoryStore {
             .unwrap_or(DEFAULT_MAX_KEYS);
         let objects = self.objects.lock().unwrap();
         let mut page = ListPage::default();
-        // The token is the last key or common prefix returned: continue strictly after it,
-        // and after everything below it when it was a common prefix.
-        let range = match &token {
+        // The token names the last key ("K" + key) or common prefix ("P" + prefix) returned:
+        // continue strictly after it, and after everything below it when it was a prefix.
+        let (after, mut last_prefix) = match token.as_deref() {
+            Some(t) if t.starts_with('P') => (Some(t[1..].to_string()), Some(t[1..].to_string())),
+            Some(t) => (Some(t[1..].to_string()), None),
+            None => (None, None),
+        };
+        let range = match &after {
             Some(t) => (Bound::Excluded(t.clone()), Bound::Unbounded),
             None => (Bound::Included(prefix.to_string()), Bound::Unbounded),
         };
-        let mut last_prefix: Option<String> = token.filter(|t| t.ends_with('/'));
         let mut last_returned: Option<String> = None;
         let mut count = 0;
         for (key, object) in objects.range::<String, _>(range) {
@@ -168,11 +172,11 @@ impl ObjectStore for MemoryStore {
                 Some(slash) if delimited => {
                     let common = format!("{}{}", prefix, &rest[..=slash]);
                     last_prefix = Some(common.clone());
-                    last_returned = Some(common.clone());
+                    last_returned = Some(format!("P{common}"));
                     page.prefixes.push(common);
                 }
                 _ => {
-                    last_returned = Some(key.clone());
+                    last_returned = Some(format!("K{key}"));
                     page.objects.push(object.info.clone());
                 }
             }
