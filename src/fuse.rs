@@ -22,9 +22,11 @@ use crate::fs::namespace::{Caller, SetAttr};
 use crate::fs::{Entry, Fs};
 use crate::store::ObjectStore;
 
-/// Entries per readdir batch asked of the filesystem layer (the kernel buffer decides how many
-/// fit in one reply).
-const READDIR_BATCH: usize = 256;
+/// Entries asked of the filesystem layer per readdir: about what fits the kernel's one-page
+/// reply buffer (a readdirplus entry is ~150 bytes, a plain one ~32), so few entries are
+/// prepared only to be dropped (and, for readdirplus, given an inode and forgotten again).
+const READDIR_BATCH: usize = 128;
+const READDIRPLUS_BATCH: usize = 32;
 
 pub struct FuseAdapter<S> {
     fs: Arc<Fs<S>>,
@@ -491,7 +493,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
-            match fs.readdir(fh.0, offset, READDIR_BATCH, true).await {
+            match fs.readdir(fh.0, offset, READDIRPLUS_BATCH, true).await {
                 Ok(items) => {
                     let ttl = fs.ttl();
                     let mut items = items.into_iter();

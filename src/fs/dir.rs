@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::attrs::{AttrDefaults, Attributes, Kind};
 use super::names::{classify_common_prefix, classify_object_key, ListedName};
-use crate::store::{ObjectStore, StoreResult};
+use crate::store::{ObjectStore, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -38,6 +38,8 @@ pub struct DirListing {
     dir_mtime: SystemTime,
     /// Entries created in this mount and not yet in S3: shown at the end unless listed.
     local: Vec<DirEntry>,
+    /// The next page, already requested.
+    next_page: Option<tokio::task::JoinHandle<StoreResult<crate::store::ListPage>>>,
 }
 
 impl DirListing {
@@ -54,6 +56,7 @@ impl DirListing {
             defaults,
             dir_mtime,
             local: Vec::new(),
+            next_page: None,
         }
     }
 
@@ -63,6 +66,9 @@ impl DirListing {
 
     /// Starts over (rewinddir): the next entries come from a fresh listing.
     pub fn restart(&mut self) {
+        if let Some(prefetch) = self.next_page.take() {
+            prefetch.abort();
+        }
         *self = Self::new(self.prefix.clone(), self.defaults, self.dir_mtime);
     }
 
@@ -122,9 +128,25 @@ impl DirListing {
             return Ok(());
         }
         self.started = true;
-        let page = store
-            .list_page(&self.prefix, true, self.token.take(), None)
-            .await?;
+        let page = match self.next_page.take() {
+            Some(prefetched) => prefetched
+                .await
+                .map_err(|e| StoreError::Other(format!("listing task: {e}")))??,
+            None => {
+                store
+                    .list_page(&self.prefix, true, self.token.take(), None)
+                    .await?
+            }
+        };
+        self.token = None;
+        // Ask for the following page now, so the next network round trip overlaps with the
+        // kernel consuming this one.
+        if let Some(token) = page.next_token.clone() {
+            let (store, prefix) = (store.clone(), self.prefix.clone());
+            self.next_page = Some(tokio::spawn(async move {
+                store.list_page(&prefix, true, Some(token), None).await
+            }));
+        }
         // Objects and common prefixes come as two sorted lists: merge them in key order.
         let mut objects = page.objects.into_iter().peekable();
         let mut prefixes = page.prefixes.into_iter().peekable();
