@@ -63,7 +63,7 @@ struct Part {
     range: Range<u64>,
     data: PartData,
     /// Holds this part's bytes against the memory budget until the part is dropped.
-    _budget: Option<OwnedSemaphorePermit>,
+    budget: Option<OwnedSemaphorePermit>,
     /// The window already grew when the reader finished this part.
     counted: bool,
 }
@@ -74,7 +74,12 @@ impl Part {
             let result = (&mut fetch.0)
                 .await
                 .map_err(|e| FsError::Io(format!("prefetch task failed: {e}")))?;
-            self.data = PartData::Ready(result?);
+            let data = result?;
+            if let Some(budget) = self.budget.as_mut() {
+                let transient = budget.num_permits() / 2;
+                drop(budget.split(transient));
+            }
+            self.data = PartData::Ready(data);
         }
         match &self.data {
             PartData::Ready(bytes) => Ok(bytes),
@@ -114,6 +119,8 @@ pub struct FileReader<S> {
     fetched_to: u64,
     /// Where a sequential reader reads next.
     expected: u64,
+    /// How many reads in a row started where the previous one ended.
+    streak: u32,
     window: u64,
 }
 
@@ -128,6 +135,7 @@ impl<S: ObjectStore> FileReader<S> {
             parts: VecDeque::new(),
             fetched_to: 0,
             expected: 0,
+            streak: 0,
             window,
         }
     }
@@ -150,7 +158,13 @@ impl<S: ObjectStore> FileReader<S> {
             .parts
             .front()
             .is_some_and(|p| p.range.start <= offset && offset < self.fetched_to);
-        let result = if in_stream || offset == self.expected {
+        // A stream starts at the beginning of the file, or once two reads in a row followed each
+        // other: one read that happens to start where the last ended (a random reader, or the
+        // kernel's readahead after it) must not set off a prefetch nobody will use.
+        let follows = offset == self.expected;
+        self.streak = if follows { self.streak + 1 } else { 0 };
+        let starts_stream = follows && (offset == 0 || self.streak >= 2);
+        let result = if in_stream || starts_stream {
             if !in_stream {
                 self.restart_stream(offset);
             }
@@ -194,7 +208,10 @@ impl<S: ObjectStore> FileReader<S> {
                 .part_size
                 .min(self.window)
                 .min(self.size - self.fetched_to);
-            let permits = len.min(u32::MAX as u64) as u32;
+            // Twice the part while in flight: the response is gathered from the socket's
+            // chunks into one buffer, so both exist for a moment. Half is returned once the
+            // part has arrived (see `Part::bytes`).
+            let permits = (2 * len).min(u32::MAX as u64) as u32;
             let budget = match self.ctx.budget.clone().try_acquire_many_owned(permits) {
                 Ok(permit) => Some(permit),
                 Err(_) if self.fetched_to < needed_to => None,
@@ -215,7 +232,7 @@ impl<S: ObjectStore> FileReader<S> {
             self.parts.push_back(Part {
                 range,
                 data: PartData::Pending(Fetch(handle)),
-                _budget: budget,
+                budget,
                 counted: false,
             });
             self.fetched_to += len;
@@ -280,15 +297,34 @@ impl<S: ObjectStore> FileReader<S> {
         Ok(single.unwrap_or_else(|| out.map(BytesMut::freeze).unwrap_or_default()))
     }
 
-    /// A random read: the aligned blocks covering it, from the cache or fetched concurrently.
+    /// A random read: the aligned blocks covering it, from the cache; the missing ones in one
+    /// ranged GET (one round trip, however many blocks the read spans), then cached.
     async fn read_blocks(&mut self, offset: u64, end: u64) -> FsResult<Bytes> {
         let block_size = self.ctx.tuning.block_size;
         let first = offset / block_size;
         let last = (end - 1) / block_size;
-        let fetches = (first..=last).map(|index| self.block(index));
-        let blocks = futures::future::try_join_all(fetches).await?;
+        let mut blocks: Vec<Option<Bytes>> = (first..=last).map(|i| self.cached_block(i)).collect();
+        let missing_first = blocks.iter().position(Option::is_none);
+        let missing_last = blocks.iter().rposition(Option::is_none);
+        if let (Some(lo), Some(hi)) = (missing_first, missing_last) {
+            let start = (first + lo as u64) * block_size;
+            let stop = ((first + hi as u64 + 1) * block_size).min(self.size);
+            let data = self
+                .ctx
+                .store
+                .get_range(&self.key, start..stop, self.etag.as_deref())
+                .await?;
+            for (slot, index) in blocks[lo..=hi].iter_mut().zip(first + lo as u64..) {
+                let from = ((index * block_size - start) as usize).min(data.len());
+                let to = (from + block_size as usize).min(data.len());
+                let block = data.slice(from..to);
+                self.cache_block(index, block.clone());
+                *slot = Some(block);
+            }
+        }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for (index, block) in (first..=last).zip(blocks) {
+            let block = block.expect("every block cached or fetched");
             let block_start = index * block_size;
             let from = offset.saturating_sub(block_start) as usize;
             let to = ((end - block_start) as usize).min(block.len());
@@ -300,27 +336,22 @@ impl<S: ObjectStore> FileReader<S> {
         Ok(out.freeze())
     }
 
-    async fn block(&self, index: u64) -> FsResult<Bytes> {
-        let block_size = self.ctx.tuning.block_size;
-        let id = self.etag.as_ref().map(|etag| BlockId {
+    fn block_id(&self, index: u64) -> Option<BlockId> {
+        self.etag.as_ref().map(|etag| BlockId {
             key: self.key.clone(),
             etag: etag.clone(),
             index,
-        });
-        if let Some(hit) = id.as_ref().and_then(|id| self.ctx.cache.get(id)) {
-            return Ok(hit);
+        })
+    }
+
+    fn cached_block(&self, index: u64) -> Option<Bytes> {
+        self.block_id(index).and_then(|id| self.ctx.cache.get(&id))
+    }
+
+    fn cache_block(&self, index: u64, data: Bytes) {
+        if let Some(id) = self.block_id(index) {
+            self.ctx.cache.insert(id, data);
         }
-        let start = index * block_size;
-        let range = start..(start + block_size).min(self.size);
-        let data = self
-            .ctx
-            .store
-            .get_range(&self.key, range, self.etag.as_deref())
-            .await?;
-        if let Some(id) = id {
-            self.ctx.cache.insert(id, data.clone());
-        }
-        Ok(data)
     }
 }
 
