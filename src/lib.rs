@@ -12,3 +12,4 @@ pub mod fuse;
 pub mod logging;
 pub mod mount;
 pub mod store;
+pub mod testdata;

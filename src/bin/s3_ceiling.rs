@@ -20,6 +20,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bucketfs::cli::parse_size;
+use bucketfs::testdata::random_bytes;
 use tokio::sync::Semaphore;
 
 struct Args {
@@ -121,19 +122,6 @@ async fn get(
     Ok(())
 }
 
-fn random_part(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A multipart upload of `size` random bytes with `concurrency` parts in flight.
 async fn put(
     client: Client,
@@ -149,7 +137,7 @@ async fn put(
             .put_object()
             .bucket(bucket)
             .key(key)
-            .body(ByteStream::from(random_part(size as usize, 1)))
+            .body(ByteStream::from(random_bytes(size as usize, 1)))
             .send()
             .await
             .map_err(|e| format!("put: {e:?}"))?;
@@ -159,7 +147,7 @@ async fn put(
     // Parts are generated before the clock starts: the ceiling measures S3, not the RNG.
     let count = size.div_ceil(part);
     let parts: Vec<Vec<u8>> = (0..count)
-        .map(|i| random_part((part.min(size - i * part)) as usize, i + 1))
+        .map(|i| random_bytes((part.min(size - i * part)) as usize, i + 1))
         .collect();
     let started = Instant::now();
     let upload = client
@@ -232,7 +220,7 @@ async fn put_many(
     dirs: Option<u64>,
     concurrency: usize,
 ) -> Result<(), String> {
-    let body = random_part(size as usize, 3);
+    let body = random_bytes(size as usize, 3);
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = Vec::new();
