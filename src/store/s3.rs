@@ -156,6 +156,14 @@ impl S3Store {
         }
     }
 
+    /// Waits for one of the `--max-connections` request slots; held until the request ends.
+    async fn connection(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -200,7 +208,7 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn check_bucket(&self) -> StoreResult<()> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         match self.client.head_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
             Err(e) => Err(match classify(e) {
@@ -211,7 +219,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let out = self
             .client
             .head_object()
@@ -237,7 +245,7 @@ impl ObjectStore for S3Store {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let mut request = self
             .client
             .list_objects_v2()
@@ -289,7 +297,7 @@ impl ObjectStore for S3Store {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let out = self
             .client
             .get_object()
@@ -309,7 +317,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let request = self
             .client
             .put_object()
@@ -326,7 +334,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -338,7 +346,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let request = self
             .client
             .create_multipart_upload()
@@ -362,7 +370,7 @@ impl ObjectStore for S3Store {
         number: i32,
         body: Bytes,
     ) -> StoreResult<UploadedPart> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let out = self
             .client
             .upload_part()
@@ -388,7 +396,7 @@ impl ObjectStore for S3Store {
         source: &str,
         range: Range<u64>,
     ) -> StoreResult<UploadedPart> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let out = self
             .client
             .upload_part_copy()
@@ -416,7 +424,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> StoreResult<Option<String>> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let completed = parts
             .iter()
             .map(|p| {
@@ -444,7 +452,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
@@ -463,7 +471,7 @@ impl ObjectStore for S3Store {
         opts: &PutOptions,
         replace_metadata: bool,
     ) -> StoreResult<Option<String>> {
-        let _permit = self.permits.acquire().await.expect("semaphore closed");
+        let _permit = self.connection().await;
         let mut request = self
             .client
             .copy_object()
