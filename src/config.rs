@@ -151,6 +151,30 @@ impl Config {
             max_window: (16 * part_size).min(max_memory / 4).max(part_size),
             ..ReadTuning::default()
         };
+        let fs = FsConfig {
+            prefix: target.prefix.clone(),
+            defaults: AttrDefaults {
+                uid: cli.uid.unwrap_or(uid),
+                gid: cli.gid.unwrap_or(gid),
+                file_mode: cli.file_mode,
+                dir_mode: cli.dir_mode,
+            },
+            metadata_ttl: Duration::from_secs_f64(cli.metadata_ttl),
+            read_only: cli.read_only,
+            tuning,
+            max_memory,
+            write_part_size: cli.write_part_size,
+            content_type: cli.content_type.clone(),
+            upload: PutOptions {
+                storage_class: cli.storage_class.clone(),
+                sse: cli.sse.clone(),
+                sse_kms_key_id: cli.sse_kms_key_id.clone(),
+                acl: cli.acl.clone(),
+                ..PutOptions::default()
+            },
+            stat_metadata: cli.stat_metadata,
+            ..FsConfig::default()
+        };
         Ok(Config {
             s3: S3Settings {
                 bucket: target.bucket.clone(),
@@ -162,31 +186,9 @@ impl Config {
                 static_credentials,
                 max_attempts: cli.max_attempts,
                 max_connections: cli.max_connections,
+                receive_pool_bytes: fs.receive_pool_bytes() as usize,
             },
-            fs: FsConfig {
-                prefix: target.prefix.clone(),
-                defaults: AttrDefaults {
-                    uid: cli.uid.unwrap_or(uid),
-                    gid: cli.gid.unwrap_or(gid),
-                    file_mode: cli.file_mode,
-                    dir_mode: cli.dir_mode,
-                },
-                metadata_ttl: Duration::from_secs_f64(cli.metadata_ttl),
-                read_only: cli.read_only,
-                tuning,
-                max_memory,
-                write_part_size: cli.write_part_size,
-                content_type: cli.content_type.clone(),
-                upload: PutOptions {
-                    storage_class: cli.storage_class.clone(),
-                    sse: cli.sse.clone(),
-                    sse_kms_key_id: cli.sse_kms_key_id.clone(),
-                    acl: cli.acl.clone(),
-                    ..PutOptions::default()
-                },
-                stat_metadata: cli.stat_metadata,
-                ..FsConfig::default()
-            },
+            fs,
             target,
             mountpoint,
             allow_other: cli.allow_other,

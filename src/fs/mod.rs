@@ -87,8 +87,13 @@ impl FsConfig {
         self.max_memory / 4
     }
 
+    /// Received GET bodies kept mapped for reuse by the store (see `store::buffers`).
+    pub fn receive_pool_bytes(&self) -> u64 {
+        self.max_memory / 8
+    }
+
     pub fn buffer_bytes(&self) -> u64 {
-        self.max_memory - self.block_cache_bytes()
+        self.max_memory - self.block_cache_bytes() - self.receive_pool_bytes()
     }
 }
 

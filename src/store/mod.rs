@@ -3,6 +3,7 @@
 //! The filesystem (`crate::fs`) is generic over [`ObjectStore`], so its semantics are tested
 //! against [`memory::MemoryStore`] and run unchanged on [`s3::S3Store`].
 
+pub mod buffers;
 pub mod faulty;
 pub mod memory;
 pub mod s3;

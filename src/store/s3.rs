@@ -15,7 +15,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, ByteStreamError};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
@@ -25,6 +25,7 @@ use aws_sdk_s3::types::{
     ServerSideEncryption, StorageClass,
 };
 
+use super::buffers::{BufferPool, POOLED_MIN};
 use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart};
 
 /// Sets the mount-wide upload options (storage class, encryption, ACL) on any request builder
@@ -74,6 +75,8 @@ pub struct S3Settings {
     pub static_credentials: Option<(String, String, Option<String>)>,
     pub max_attempts: u32,
     pub max_connections: usize,
+    /// Idle receive buffers kept for reuse, in bytes (see `buffers`).
+    pub receive_pool_bytes: usize,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -96,6 +99,7 @@ pub struct S3Store {
     /// Bounds requests in flight, and with them open connections.
     permits: Arc<Semaphore>,
     sdk_config: aws_config::SdkConfig,
+    buffers: Arc<BufferPool>,
 }
 
 impl S3Store {
@@ -139,6 +143,7 @@ impl S3Store {
             bucket: settings.bucket.clone(),
             permits: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             sdk_config,
+            buffers: BufferPool::new(settings.receive_pool_bytes),
         }
     }
 
@@ -308,12 +313,19 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Transient(format!("reading the response body: {e}")))?;
-        Ok(body.into_bytes())
+        let expected = (range.end - range.start) as usize;
+        let mut body = out.body;
+        let read_error =
+            |e: ByteStreamError| StoreError::Transient(format!("reading the response body: {e}"));
+        if expected < POOLED_MIN {
+            let data = body.collect().await.map_err(read_error)?;
+            return Ok(data.into_bytes());
+        }
+        let mut buf = self.buffers.take(expected);
+        while let Some(chunk) = body.next().await {
+            buf.extend_from_slice(&chunk.map_err(read_error)?);
+        }
+        Ok(buf.freeze())
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
