@@ -87,6 +87,16 @@ pub struct Cli {
     #[arg(long, value_name = "MiB", default_value = "512")]
     pub max_memory: u64,
 
+    /// Directory for staging objects that are read randomly (unnamed files, gone when the mount
+    /// ends) [default: $TMPDIR, else /tmp]
+    #[arg(long, visible_alias = "cache", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Most disk space in MiB that staged objects may take; objects larger than half of it
+    /// are never staged; 0 disables staging
+    #[arg(long, value_name = "MiB", default_value = "4096")]
+    pub max_cache_size: u64,
+
     /// Size of each ranged GET of a sequential read, in bytes (suffixes K, M, G)
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8M")]
     pub read_part_size: u64,

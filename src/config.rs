@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use crate::cli::Cli;
 use crate::fs::attrs::AttrDefaults;
+use crate::fs::disk_cache::{check_dir, DiskCacheConfig};
 use crate::fs::names::normalize_prefix;
 use crate::fs::read::ReadTuning;
 use crate::fs::FsConfig;
 use crate::store::s3::S3Settings;
 use crate::store::PutOptions;
+
+/// Ranged GETs in flight while one object is staged on local disk.
+const STAGING_CONCURRENCY: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -22,6 +26,8 @@ pub enum ConfigError {
     MountpointNotDir(String),
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    #[error("{0} (choose another with --cache-dir, or --max-cache-size 0 to stage nothing)")]
+    CacheDir(String),
 }
 
 /// Where in S3 the mount points.
@@ -173,8 +179,17 @@ impl Config {
                 ..PutOptions::default()
             },
             stat_metadata: cli.stat_metadata,
+            disk_cache: (cli.max_cache_size > 0).then(|| DiskCacheConfig {
+                dir: cli.cache_dir.clone().unwrap_or_else(std::env::temp_dir),
+                max_bytes: cli.max_cache_size << 20,
+                chunk_size: part_size,
+                concurrency: STAGING_CONCURRENCY,
+            }),
             ..FsConfig::default()
         };
+        if let Some(disk_cache) = &fs.disk_cache {
+            check_dir(&disk_cache.dir).map_err(ConfigError::CacheDir)?;
+        }
         Ok(Config {
             s3: S3Settings {
                 bucket: target.bucket.clone(),

@@ -4,6 +4,7 @@
 pub mod attrs;
 pub mod cache;
 pub mod dir;
+pub mod disk_cache;
 pub mod error;
 pub mod inode;
 pub mod names;
@@ -27,6 +28,7 @@ use crate::store::{ObjectInfo, ObjectStore, PutOptions, StoreError};
 use attrs::{AttrDefaults, Attributes, Kind};
 use cache::{BlockCache, DirSnapshots, NegativeCache, SnapshotAnswer, SNAPSHOT_MAX_NAMES};
 use dir::DirListing;
+use disk_cache::{DiskCache, DiskCacheConfig};
 use error::{FsError, FsResult};
 use inode::InodeTable;
 #[cfg(test)]
@@ -60,6 +62,8 @@ pub struct FsConfig {
     /// HEAD each listed file once so `ls -l`/`stat` show its POSIX metadata (s3fs-style
     /// headers) instead of the defaults; off keeps listings HEAD-free.
     pub stat_metadata: bool,
+    /// Local disk staging for random readers (`--cache-dir`, `--max-cache-size`).
+    pub disk_cache: Option<DiskCacheConfig>,
 }
 
 impl Default for FsConfig {
@@ -76,6 +80,7 @@ impl Default for FsConfig {
             content_type: None,
             upload: PutOptions::default(),
             stat_metadata: false,
+            disk_cache: None,
         }
     }
 }
@@ -171,6 +176,7 @@ impl<S: ObjectStore> Fs<S> {
             cache: Arc::new(BlockCache::new(config.block_cache_bytes() as usize)),
             budget: Arc::new(Semaphore::new(config.buffer_bytes() as usize)),
             tuning: config.tuning,
+            disk: config.disk_cache.clone().map(DiskCache::new),
         };
         Self {
             negative: NegativeCache::new(config.negative_cache_entries, config.metadata_ttl),

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::cache::{BlockCache, BlockId};
+use super::disk_cache::{DiskCache, StagedObject};
 use super::error::{FsError, FsResult};
 use crate::store::{ObjectStore, StoreResult};
 
@@ -44,6 +45,13 @@ impl Default for ReadTuning {
 /// stream alive: the kernel sends readahead requests concurrently, so they may arrive slightly
 /// out of order.
 const SEQUENTIAL_SLACK: u64 = 2 << 20;
+
+/// Random reads of one open file after which its object is staged on local disk (see
+/// `disk_cache`): enough to tell a random reader from one that read a header and a footer.
+const STAGE_AFTER_RANDOM_READS: u32 = 4;
+
+/// Objects below this size are not staged: the memory block cache holds them whole.
+const STAGE_MIN_SIZE: u64 = 1 << 20;
 
 /// A GET running in the background; aborted when dropped (file closed, stream abandoned).
 struct Fetch(JoinHandle<StoreResult<Bytes>>);
@@ -95,6 +103,8 @@ pub struct ReadContext<S> {
     /// Permits are bytes of prefetch buffers.
     pub budget: Arc<Semaphore>,
     pub tuning: ReadTuning,
+    /// Local disk staging for random readers; `None` when disabled.
+    pub disk: Option<Arc<DiskCache>>,
 }
 
 impl<S> Clone for ReadContext<S> {
@@ -104,6 +114,7 @@ impl<S> Clone for ReadContext<S> {
             cache: self.cache.clone(),
             budget: self.budget.clone(),
             tuning: self.tuning,
+            disk: self.disk.clone(),
         }
     }
 }
@@ -122,11 +133,18 @@ pub struct FileReader<S> {
     /// How many reads in a row started where the previous one ended.
     streak: u32,
     window: u64,
+    /// This version of the object on local disk (being) staged, if it is.
+    staged: Option<Arc<StagedObject>>,
+    random_reads: u32,
 }
 
 impl<S: ObjectStore> FileReader<S> {
     pub fn new(ctx: ReadContext<S>, key: String, etag: Option<String>, size: u64) -> Self {
         let window = ctx.tuning.initial_window;
+        let staged = match (&ctx.disk, &etag) {
+            (Some(disk), Some(etag)) => disk.get(&key, etag),
+            _ => None,
+        };
         Self {
             ctx,
             key,
@@ -137,6 +155,8 @@ impl<S: ObjectStore> FileReader<S> {
             expected: 0,
             streak: 0,
             window,
+            staged,
+            random_reads: 0,
         }
     }
 
@@ -154,6 +174,10 @@ impl<S: ObjectStore> FileReader<S> {
             return Ok(Bytes::new());
         }
         let end = (offset + len as u64).min(self.size);
+        if let Some(bytes) = self.read_staged(offset, end) {
+            self.expected = end;
+            return Ok(bytes);
+        }
         let in_stream = self
             .parts
             .front()
@@ -179,6 +203,10 @@ impl<S: ObjectStore> FileReader<S> {
             if !near_stream {
                 self.parts.clear();
                 self.window = self.ctx.tuning.initial_window;
+                self.random_reads += 1;
+                if self.random_reads >= STAGE_AFTER_RANDOM_READS {
+                    self.stage();
+                }
             }
             self.read_blocks(offset, end).await
         };
@@ -187,6 +215,45 @@ impl<S: ObjectStore> FileReader<S> {
         }
         self.expected = end;
         result
+    }
+
+    /// The read from the staging file, when the object is staged there as far as it needs.
+    fn read_staged(&mut self, offset: u64, end: u64) -> Option<Bytes> {
+        let staged = self.staged.as_ref()?;
+        if staged.has_failed() {
+            self.staged = None;
+            self.random_reads = 0;
+            return None;
+        }
+        match staged.read(offset..end)? {
+            Ok(bytes) => {
+                if staged.is_complete() {
+                    self.parts.clear(); // nothing left to stream from S3
+                }
+                Some(bytes)
+            }
+            Err(e) => {
+                tracing::warn!(key = %self.key, "reading the staging file: {e}; reading from S3");
+                self.staged = None;
+                None
+            }
+        }
+    }
+
+    fn stage(&mut self) {
+        if self.staged.is_some() || self.size < STAGE_MIN_SIZE {
+            return;
+        }
+        let (Some(disk), Some(etag)) = (&self.ctx.disk, &self.etag) else {
+            return;
+        };
+        self.staged = disk.stage(
+            self.ctx.store.clone(),
+            self.ctx.budget.clone(),
+            &self.key,
+            etag,
+            self.size,
+        );
     }
 
     fn restart_stream(&mut self, offset: u64) {
@@ -377,6 +444,7 @@ mod tests {
                 max_window: 256 << 10,
                 block_size: 8 << 10,
             },
+            disk: None,
         }
     }
 
@@ -445,6 +513,48 @@ mod tests {
         let again = reader.read(500_200, 100).await.unwrap();
         assert_eq!(&again[..], &data[500_200..500_300]);
         assert_eq!(store.calls(Op::Get), gets, "served from the block cache");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_readers_get_the_object_staged_on_disk() {
+        use crate::fs::disk_cache::{DiskCache, DiskCacheConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let data = pattern(4 << 20);
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        store.inner().insert("obj", data.clone());
+        let info = store.head("obj").await.unwrap();
+        let mut ctx = context(store.clone(), 8 << 20);
+        ctx.disk = Some(DiskCache::new(DiskCacheConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 64 << 20,
+            chunk_size: 256 << 10,
+            concurrency: 4,
+        }));
+        let check = |got: Bytes, offset: u64, len: usize| {
+            assert_eq!(&got[..], &data[offset as usize..offset as usize + len]);
+        };
+        let mut reader = FileReader::new(ctx.clone(), "obj".into(), info.etag.clone(), info.size);
+        for offset in [3_000_000u64, 100_000, 2_000_000] {
+            check(reader.read(offset, 4096).await.unwrap(), offset, 4096);
+        }
+        assert!(reader.staged.is_none(), "a few random reads do not stage");
+        check(reader.read(500_000, 4096).await.unwrap(), 500_000, 4096);
+        let staged = reader.staged.clone().expect("staging started");
+        for _ in 0..500 {
+            if staged.is_complete() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(staged.is_complete());
+        let gets = store.calls(Op::Get);
+        for offset in [7u64, 1_111_111, 4_190_000, 2_500_000] {
+            check(reader.read(offset, 4096).await.unwrap(), offset, 4096);
+        }
+        // Another open of the same version reads the staged copy from its first read.
+        let mut again = FileReader::new(ctx, "obj".into(), info.etag, info.size);
+        check(again.read(3_333_333, 100_000).await.unwrap(), 3_333_333, 100_000);
+        assert_eq!(store.calls(Op::Get), gets, "served from the staging file");
     }
 
     #[tokio::test]
