@@ -343,7 +343,7 @@ impl Filler {
                 }
             }
         }
-        tracing::debug!(key = %self.id.key, size, "staged");
+        tracing::info!(key = %self.id.key, size, "staged on local disk");
     }
 }
 

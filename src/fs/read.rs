@@ -553,7 +553,11 @@ mod tests {
         }
         // Another open of the same version reads the staged copy from its first read.
         let mut again = FileReader::new(ctx, "obj".into(), info.etag, info.size);
-        check(again.read(3_333_333, 100_000).await.unwrap(), 3_333_333, 100_000);
+        check(
+            again.read(3_333_333, 100_000).await.unwrap(),
+            3_333_333,
+            100_000,
+        );
         assert_eq!(store.calls(Op::Get), gets, "served from the staging file");
     }
 

@@ -79,6 +79,23 @@ fn a_missing_or_non_directory_mountpoint_is_refused() {
 }
 
 #[test]
+fn an_unusable_cache_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().to_str().unwrap();
+    let out = bucketfs(
+        &[
+            "some-bucket",
+            mnt,
+            "-f",
+            "--cache-dir",
+            "/nonexistent/cache",
+        ],
+        &server_env(),
+    );
+    assert_fails_with(&out, "cache directory /nonexistent/cache does not exist");
+}
+
+#[test]
 fn missing_credentials_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let env = vec![("AWS_ENDPOINT_URL", server().endpoint.clone())];

@@ -295,3 +295,73 @@ fn an_object_replaced_while_open_gives_an_error_not_mixed_data() {
     let reopened = std::fs::read(mount.join("pinned.bin")).unwrap();
     assert_eq!(reopened, bucket.get("pinned.bin"));
 }
+
+#[test]
+fn a_randomly_read_file_is_staged_on_disk_and_read_from_there() {
+    // Its own server, so stopping it disturbs no other test.
+    let port = free_port();
+    start_local_s3(port, &[]);
+    struct Stop(u16);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            stop_local_s3(self.0);
+        }
+    }
+    let _stop = Stop(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let client = s3_client(&endpoint);
+    let data = random_bytes(12 * 1024 * 1024 + 5, 31);
+    runtime().block_on(async {
+        client
+            .create_bucket()
+            .bucket("staging")
+            .send()
+            .await
+            .unwrap();
+        client
+            .put_object()
+            .bucket("staging")
+            .key("db.bin")
+            .body(data.clone().into())
+            .send()
+            .await
+            .unwrap();
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_str().unwrap();
+    let mount = Mount::with_endpoint(
+        "staging",
+        &endpoint,
+        &["--cache-dir", cache_dir, "--max-cache-size", "64"],
+    );
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(mount.join("db.bin")).unwrap();
+    let read_at = |offset: usize, len: usize| {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset as u64).unwrap();
+        assert_eq!(buf, data[offset..offset + len], "bytes at {offset}");
+    };
+    for offset in [9_000_000, 1_000_000, 5_000_000, 300_000, 11_000_000] {
+        read_at(offset, 4096);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !mount.log().contains("staged on local disk") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not staged within 60 s:\n{}",
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every further read comes from the staging file: they work with the server gone.
+    stop_local_s3(port);
+    for offset in [0, 7_777_777, 12 * 1024 * 1024 - 4091, 2_000_000, 4_194_300] {
+        read_at(offset, 4096);
+    }
+    read_at(3_000_000, 1 << 20);
+    assert_eq!(
+        std::fs::read_dir(cache.path()).unwrap().count(),
+        0,
+        "staging files are unnamed"
+    );
+}

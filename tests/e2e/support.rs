@@ -324,6 +324,11 @@ impl Mount {
     pub fn join(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
+
+    /// What the mount has logged so far (at debug level).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().with_extension("log")).unwrap_or_default()
+    }
 }
 
 impl Drop for Mount {
