@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::attrs::{AttrDefaults, Attributes, Kind};
 use super::names::{classify_common_prefix, classify_object_key, ListedName};
-use crate::store::{ObjectStore, StoreError, StoreResult};
+use crate::store::{ListPage, ObjectStore, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -38,8 +38,47 @@ pub struct DirListing {
     dir_mtime: SystemTime,
     /// Entries created in this mount and not yet in S3: shown at the end unless listed.
     local: Vec<DirEntry>,
-    /// The next page, already requested.
-    next_page: Option<tokio::task::JoinHandle<StoreResult<crate::store::ListPage>>>,
+    /// Pages listed ahead of readdir, from `token` on.
+    pager: Option<Pager>,
+}
+
+/// Pages listed in the background, at most this many ahead of the reader, so the listing goes
+/// at the server's pace and not at the pace of the kernel's small readdir batches.
+const PAGES_AHEAD: usize = 4;
+
+/// A task listing pages one after another into a bounded channel; stopped when dropped.
+struct Pager {
+    pages: tokio::sync::mpsc::Receiver<StoreResult<ListPage>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pager {
+    fn start<S: ObjectStore>(store: Arc<S>, prefix: String, mut token: Option<String>) -> Self {
+        let (tx, pages) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+        let task = tokio::spawn(async move {
+            loop {
+                let started = std::time::Instant::now();
+                let page = store.list_page(&prefix, true, token, None).await;
+                debug!(prefix = %prefix, elapsed_ms = started.elapsed().as_millis() as u64, "listed a page");
+                let next = page.as_ref().ok().and_then(|p| p.next_token.clone());
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    return;
+                }
+                match next {
+                    Some(next) => token = Some(next),
+                    None => return,
+                }
+            }
+        });
+        Self { pages, task }
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl DirListing {
@@ -56,7 +95,7 @@ impl DirListing {
             defaults,
             dir_mtime,
             local: Vec::new(),
-            next_page: None,
+            pager: None,
         }
     }
 
@@ -66,9 +105,6 @@ impl DirListing {
 
     /// Starts over (rewinddir): the next entries come from a fresh listing.
     pub fn restart(&mut self) {
-        if let Some(prefetch) = self.next_page.take() {
-            prefetch.abort();
-        }
         *self = Self::new(self.prefix.clone(), self.defaults, self.dir_mtime);
     }
 
@@ -128,25 +164,20 @@ impl DirListing {
             return Ok(());
         }
         self.started = true;
-        let page = match self.next_page.take() {
-            Some(prefetched) => prefetched
-                .await
-                .map_err(|e| StoreError::Other(format!("listing task: {e}")))??,
+        let pager = self.pager.get_or_insert_with(|| {
+            Pager::start(store.clone(), self.prefix.clone(), self.token.clone())
+        });
+        let page = match pager.pages.recv().await {
+            Some(Ok(page)) => page,
+            Some(Err(e)) => {
+                self.pager = None; // a later call resumes from `token`
+                return Err(e);
+            }
             None => {
-                store
-                    .list_page(&self.prefix, true, self.token.take(), None)
-                    .await?
+                self.pager = None;
+                return Err(StoreError::Other("the listing task ended early".into()));
             }
         };
-        self.token = None;
-        // Ask for the following page now, so the next network round trip overlaps with the
-        // kernel consuming this one.
-        if let Some(token) = page.next_token.clone() {
-            let (store, prefix) = (store.clone(), self.prefix.clone());
-            self.next_page = Some(tokio::spawn(async move {
-                store.list_page(&prefix, true, Some(token), None).await
-            }));
-        }
         // Objects and common prefixes come as two sorted lists: merge them in key order.
         let mut objects = page.objects.into_iter().peekable();
         let mut prefixes = page.prefixes.into_iter().peekable();
@@ -194,6 +225,7 @@ impl DirListing {
         self.token = page.next_token;
         if self.token.is_none() {
             self.done = true;
+            self.pager = None;
         }
         if !self.local.is_empty() {
             let listed: HashSet<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
