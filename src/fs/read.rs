@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tracing::debug;
 
 use super::cache::{BlockCache, BlockId};
 use super::disk_cache::{DiskCache, StagedObject};
@@ -71,7 +72,7 @@ struct Part {
     range: Range<u64>,
     data: PartData,
     /// Holds this part's bytes against the memory budget until the part is dropped.
-    budget: Option<OwnedSemaphorePermit>,
+    _budget: Option<OwnedSemaphorePermit>,
     /// The window already grew when the reader finished this part.
     counted: bool,
 }
@@ -83,10 +84,6 @@ impl Part {
                 .await
                 .map_err(|e| FsError::Io(format!("prefetch task failed: {e}")))?;
             let data = result?;
-            if let Some(budget) = self.budget.as_mut() {
-                let transient = budget.num_permits() / 2;
-                drop(budget.split(transient));
-            }
             self.data = PartData::Ready(data);
         }
         match &self.data {
@@ -201,6 +198,9 @@ impl<S: ObjectStore> FileReader<S> {
                     && offset <= self.fetched_to + SEQUENTIAL_SLACK
             });
             if !near_stream {
+                if !self.parts.is_empty() {
+                    debug!(key = %self.key, offset, prefetched_to = self.fetched_to, "random read: prefetch stream abandoned");
+                }
                 self.parts.clear();
                 self.window = self.ctx.tuning.initial_window;
                 self.random_reads += 1;
@@ -257,6 +257,9 @@ impl<S: ObjectStore> FileReader<S> {
     }
 
     fn restart_stream(&mut self, offset: u64) {
+        if !self.parts.is_empty() {
+            debug!(key = %self.key, offset, prefetched_to = self.fetched_to, "prefetch stream restarted");
+        }
         self.parts.clear();
         self.fetched_to = offset;
         self.window = self.ctx.tuning.initial_window;
@@ -275,10 +278,9 @@ impl<S: ObjectStore> FileReader<S> {
                 .part_size
                 .min(self.window)
                 .min(self.size - self.fetched_to);
-            // Twice the part while in flight: the response is gathered from the socket's
-            // chunks into one buffer, so both exist for a moment. Half is returned once the
-            // part has arrived (see `Part::bytes`).
-            let permits = (2 * len).min(u32::MAX as u64) as u32;
+            // The store streams a body of this size into one buffer (`store::buffers`), so a
+            // part costs its own size, in flight and after.
+            let permits = len.min(u32::MAX as u64) as u32;
             let budget = match self.ctx.budget.clone().try_acquire_many_owned(permits) {
                 Ok(permit) => Some(permit),
                 Err(_) if self.fetched_to < needed_to => None,
@@ -299,7 +301,7 @@ impl<S: ObjectStore> FileReader<S> {
             self.parts.push_back(Part {
                 range,
                 data: PartData::Pending(Fetch(handle)),
-                budget,
+                _budget: budget,
                 counted: false,
             });
             self.fetched_to += len;

@@ -28,12 +28,14 @@ impl BufferPool {
         })
     }
 
-    /// An empty buffer with room for at least `len` bytes: an idle one when one is big enough.
+    /// An empty buffer with room for at least `len` bytes: an idle one when one fits, that is
+    /// holds `len` without being more than twice as large (callers budget `len` bytes; a small
+    /// body must not pin a large buffer).
     pub fn take(self: &Arc<Self>, len: usize) -> PooledBuf {
         let reused = {
             let mut idle = self.idle.lock().expect("buffer pool lock");
             idle.iter()
-                .position(|b| b.capacity() >= len)
+                .position(|b| b.capacity() >= len && b.capacity() / 2 <= len)
                 .map(|i| idle.swap_remove(i))
         };
         let mut data = reused.unwrap_or_else(|| Vec::with_capacity(len));
@@ -116,6 +118,15 @@ mod tests {
         let again = pool.take(1 << 20);
         assert!(again.is_empty(), "reused buffers start empty");
         assert_eq!(pool.idle_bytes(), 0, "the idle buffer was reused");
+    }
+
+    #[test]
+    fn a_small_body_does_not_take_a_large_buffer() {
+        let pool = BufferPool::new(64 << 20);
+        drop(pool.take(8 << 20));
+        let small = pool.take(1 << 20);
+        assert!(small.data.capacity() < 2 << 20);
+        assert!(pool.idle_bytes() >= 8 << 20, "the large one stays idle");
     }
 
     #[test]
