@@ -354,6 +354,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Staged data is on local disk: answered here, without a hop to the runtime.
+        if let Some(data) = self.fs.read_local(fh.0, offset, size) {
+            reply.data(&data);
+            return;
+        }
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.read(fh.0, offset, size).await {

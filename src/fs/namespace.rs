@@ -249,6 +249,16 @@ impl<S: ObjectStore> Fs<S> {
         Ok(self.new_handle(ino, FileHandle::Write(writer)))
     }
 
+    /// A read that can be answered at once from local disk (a staged object), without the
+    /// network and without waiting for another read of the same handle; `None` otherwise.
+    pub fn read_local(&self, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
+        let (_, FileHandle::Read(reader)) = self.handle(fh).ok()? else {
+            return None;
+        };
+        let mut reader = reader.try_lock().ok()?;
+        reader.read_local(offset, size)
+    }
+
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (ino, handle) = self.handle(fh)?;
         let reader = match handle {

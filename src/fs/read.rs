@@ -217,6 +217,18 @@ impl<S: ObjectStore> FileReader<S> {
         result
     }
 
+    /// The read answered without waiting on anything, from the staging file; `None` when it
+    /// needs S3 (then `read` does it).
+    pub fn read_local(&mut self, offset: u64, len: u32) -> Option<Bytes> {
+        if offset >= self.size || len == 0 {
+            return Some(Bytes::new());
+        }
+        let end = (offset + len as u64).min(self.size);
+        let bytes = self.read_staged(offset, end)?;
+        self.expected = end;
+        Some(bytes)
+    }
+
     /// The read from the staging file, when the object is staged there as far as it needs.
     fn read_staged(&mut self, offset: u64, end: u64) -> Option<Bytes> {
         let staged = self.staged.as_ref()?;
@@ -540,6 +552,10 @@ mod tests {
             check(reader.read(offset, 4096).await.unwrap(), offset, 4096);
         }
         assert!(reader.staged.is_none(), "a few random reads do not stage");
+        assert!(
+            reader.read_local(1_000_000, 4096).is_none(),
+            "nothing local yet"
+        );
         check(reader.read(500_000, 4096).await.unwrap(), 500_000, 4096);
         let staged = reader.staged.clone().expect("staging started");
         for _ in 0..500 {
@@ -552,6 +568,7 @@ mod tests {
         let gets = store.calls(Op::Get);
         for offset in [7u64, 1_111_111, 4_190_000, 2_500_000] {
             check(reader.read(offset, 4096).await.unwrap(), offset, 4096);
+            check(reader.read_local(offset, 4096).unwrap(), offset, 4096);
         }
         // Another open of the same version reads the staged copy from its first read.
         let mut again = FileReader::new(ctx, "obj".into(), info.etag, info.size);
