@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+
+use crate::store::buffers::{BufferPool, PooledBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -63,7 +65,7 @@ pub struct FileWriter<S> {
     opts: PutOptions,
     base_part_size: u64,
     budget: Arc<Semaphore>,
-    buffer: BytesMut,
+    buffer: PartBuffer,
     /// Budget held for `buffer`.
     buffer_permit: Option<OwnedSemaphorePermit>,
     size: u64,
@@ -89,7 +91,7 @@ impl<S: ObjectStore> FileWriter<S> {
             opts,
             base_part_size: part_size,
             budget,
-            buffer: BytesMut::new(),
+            buffer: PartBuffer::default(),
             buffer_permit: None,
             size: 0,
             upload: None,
@@ -183,19 +185,20 @@ impl<S: ObjectStore> FileWriter<S> {
         Ok(data.len() as u32)
     }
 
-    /// Makes room for `additional` bytes: small files grow in powers of two; past 1 MiB the
-    /// buffer takes the whole part at once, so a part is never copied on growth nor held twice.
+    /// Makes room for `additional` bytes: the first part of a file grows in powers of two up
+    /// to 1 MiB (most files are small); past that, and for every later part, the buffer takes
+    /// the whole part at once (from the store's pool when it has one), so a part is never
+    /// copied on growth nor held twice.
     fn grow_buffer(&mut self, additional: usize, part_size: usize) {
         let needed = self.buffer.len() + additional;
         if needed <= self.buffer.capacity() {
             return;
         }
-        let target = if needed <= 1 << 20 {
-            needed.next_power_of_two()
+        if self.upload.is_none() && needed <= 1 << 20 {
+            self.buffer.reserve_small(needed.next_power_of_two());
         } else {
-            part_size
-        };
-        self.buffer.reserve(target - self.buffer.len());
+            self.buffer.reserve_part(part_size, self.store.buffers());
+        }
     }
 
     /// Holds budget for `len` more buffered bytes, waiting for other writers' parts to finish
@@ -331,7 +334,7 @@ impl<S: ObjectStore> FileWriter<S> {
     /// Drops everything written so far (truncate to 0): the file is empty and open again.
     pub async fn truncate(&mut self) -> FsResult<()> {
         self.abort().await;
-        self.buffer = BytesMut::new();
+        self.buffer = PartBuffer::default();
         self.buffer_permit = None;
         self.size = 0;
         self.state = State::Open;
@@ -354,7 +357,7 @@ impl<S: ObjectStore> FileWriter<S> {
     async fn fail(&mut self, error: FsError) -> FsError {
         warn!(key = %self.key, "upload failed: {error}");
         self.abort().await;
-        self.buffer = BytesMut::new();
+        self.buffer = PartBuffer::default();
         self.buffer_permit = None;
         // The caller gets EIO for data S3 did not take; the specific cause is in the log.
         let error = match error {
@@ -366,12 +369,100 @@ impl<S: ObjectStore> FileWriter<S> {
     }
 }
 
+/// The bytes of the part being filled: a small growable buffer for the start of a file, or a
+/// whole part, pooled when the store recycles buffers.
+enum PartBuffer {
+    Small(BytesMut),
+    Pooled(PooledBuf),
+}
+
+impl Default for PartBuffer {
+    fn default() -> Self {
+        Self::Small(BytesMut::new())
+    }
+}
+
+impl PartBuffer {
+    fn len(&self) -> usize {
+        match self {
+            Self::Small(b) => b.len(),
+            Self::Pooled(b) => b.len(),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            Self::Small(b) => b.capacity(),
+            Self::Pooled(b) => b.capacity(),
+        }
+    }
+
+    fn extend_from_slice(&mut self, data: &[u8]) {
+        match self {
+            Self::Small(b) => b.extend_from_slice(data),
+            Self::Pooled(b) => b.extend_from_slice(data),
+        }
+    }
+
+    fn reserve_small(&mut self, capacity: usize) {
+        if let Self::Small(b) = self {
+            b.reserve(capacity - b.len());
+        }
+    }
+
+    /// Room for a whole part, keeping what is buffered so far.
+    fn reserve_part(&mut self, part_size: usize, pool: Option<&Arc<BufferPool>>) {
+        match (pool, &mut *self) {
+            (Some(pool), Self::Small(small)) => {
+                let mut part = pool.take(part_size);
+                part.extend_from_slice(small);
+                *self = Self::Pooled(part);
+            }
+            (None, Self::Small(small)) => small.reserve(part_size - small.len()),
+            (_, Self::Pooled(_)) => {} // already a whole part
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Self::Small(b) => b.freeze(),
+            Self::Pooled(b) => b.freeze(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::faulty::{FaultyStore, Op};
     use crate::store::memory::MemoryStore;
     use crate::store::StoreError;
+
+    #[test]
+    fn a_part_buffer_moves_into_a_pooled_part_keeping_its_bytes() {
+        let pool = BufferPool::new(64 << 20);
+        let mut buffer = PartBuffer::default();
+        buffer.reserve_small(4096);
+        buffer.extend_from_slice(b"head");
+        buffer.reserve_part(8 << 20, Some(&pool));
+        assert!(matches!(buffer, PartBuffer::Pooled(_)));
+        assert!(buffer.capacity() >= 8 << 20);
+        buffer.extend_from_slice(b"-tail");
+        let part = buffer.freeze();
+        assert_eq!(&part[..], b"head-tail");
+        drop(part);
+        assert!(
+            pool.idle_bytes() >= 8 << 20,
+            "the part's buffer went back to the pool"
+        );
+        // Without a pool the part is an ordinary allocation.
+        let mut plain = PartBuffer::default();
+        plain.extend_from_slice(b"x");
+        plain.reserve_part(1 << 20, None);
+        assert!(matches!(plain, PartBuffer::Small(_)));
+        assert!(plain.capacity() >= 1 << 20);
+        assert_eq!(&plain.freeze()[..], b"x");
+    }
 
     fn writer(
         store: &Arc<FaultyStore<MemoryStore>>,

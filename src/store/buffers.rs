@@ -75,6 +75,10 @@ impl PooledBuf {
         self.data.len()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

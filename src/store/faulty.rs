@@ -78,6 +78,10 @@ impl<S: ObjectStore> FaultyStore<S> {
 
 #[async_trait]
 impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
+    fn buffers(&self) -> Option<&std::sync::Arc<super::buffers::BufferPool>> {
+        self.inner.buffers()
+    }
+
     async fn check_bucket(&self) -> StoreResult<()> {
         self.check(Op::CheckBucket)?;
         self.inner.check_bucket().await

@@ -10,6 +10,7 @@ pub mod s3;
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -86,6 +87,12 @@ pub struct UploadedPart {
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
+    /// Reusable buffers for large bodies (see [`buffers`]), when the store keeps them: writers
+    /// fill their parts in them, so upload buffers are recycled too.
+    fn buffers(&self) -> Option<&Arc<buffers::BufferPool>> {
+        None
+    }
+
     /// Checks that the bucket exists and is reachable with our credentials.
     async fn check_bucket(&self) -> StoreResult<()>;
 

@@ -212,6 +212,10 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 
 #[async_trait]
 impl ObjectStore for S3Store {
+    fn buffers(&self) -> Option<&Arc<BufferPool>> {
+        Some(&self.buffers)
+    }
+
     async fn check_bucket(&self) -> StoreResult<()> {
         let _permit = self.connection().await;
         match self.client.head_bucket().bucket(&self.bucket).send().await {
