@@ -47,7 +47,8 @@ impl Default for ReadTuning {
 /// out of order.
 const SEQUENTIAL_SLACK: u64 = 2 << 20;
 
-/// Random reads of one open file after which its object is staged on local disk (see
+/// Jumps (reads more than `SEQUENTIAL_SLACK` away from where the last one ended, with no
+/// streaming in between) after which an open file's object is staged on local disk (see
 /// `disk_cache`): enough to tell a random reader from one that read a header and a footer.
 const STAGE_AFTER_RANDOM_READS: u32 = 4;
 
@@ -189,6 +190,7 @@ impl<S: ObjectStore> FileReader<S> {
             if !in_stream {
                 self.restart_stream(offset);
             }
+            self.random_reads = 0; // a streaming reader is not a random one
             self.read_streamed(offset, end).await
         } else {
             // Out of order by a little (concurrent kernel readahead) keeps the stream; anything
@@ -203,6 +205,11 @@ impl<S: ObjectStore> FileReader<S> {
                 }
                 self.parts.clear();
                 self.window = self.ctx.tuning.initial_window;
+            }
+            // Only a jump counts towards staging: the kernel's concurrent readahead requests
+            // arrive slightly out of order at the start of every sequential read.
+            let jump = offset.abs_diff(self.expected) > SEQUENTIAL_SLACK;
+            if jump && !near_stream {
                 self.random_reads += 1;
                 if self.random_reads >= STAGE_AFTER_RANDOM_READS {
                     self.stage();
@@ -533,7 +540,7 @@ mod tests {
     async fn random_readers_get_the_object_staged_on_disk() {
         use crate::fs::disk_cache::{DiskCache, DiskCacheConfig};
         let dir = tempfile::tempdir().unwrap();
-        let data = pattern(4 << 20);
+        let data = pattern(16 << 20);
         let store = Arc::new(FaultyStore::new(MemoryStore::new()));
         store.inner().insert("obj", data.clone());
         let info = store.head("obj").await.unwrap();
@@ -548,7 +555,7 @@ mod tests {
             assert_eq!(&got[..], &data[offset as usize..offset as usize + len]);
         };
         let mut reader = FileReader::new(ctx.clone(), "obj".into(), info.etag.clone(), info.size);
-        for offset in [3_000_000u64, 100_000, 2_000_000] {
+        for offset in [12_000_000u64, 1_000_000, 8_000_000] {
             check(reader.read(offset, 4096).await.unwrap(), offset, 4096);
         }
         assert!(reader.staged.is_none(), "a few random reads do not stage");
@@ -556,7 +563,7 @@ mod tests {
             reader.read_local(1_000_000, 4096).is_none(),
             "nothing local yet"
         );
-        check(reader.read(500_000, 4096).await.unwrap(), 500_000, 4096);
+        check(reader.read(4_000_000, 4096).await.unwrap(), 4_000_000, 4096);
         let staged = reader.staged.clone().expect("staging started");
         for _ in 0..500 {
             if staged.is_complete() {
@@ -566,7 +573,7 @@ mod tests {
         }
         assert!(staged.is_complete());
         let gets = store.calls(Op::Get);
-        for offset in [7u64, 1_111_111, 4_190_000, 2_500_000] {
+        for offset in [7u64, 1_111_111, 16_000_000, 2_500_000] {
             check(reader.read(offset, 4096).await.unwrap(), offset, 4096);
             check(reader.read_local(offset, 4096).unwrap(), offset, 4096);
         }
@@ -578,6 +585,34 @@ mod tests {
             100_000,
         );
         assert_eq!(store.calls(Op::Get), gets, "served from the staging file");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequential_reader_is_never_staged_even_when_readahead_comes_out_of_order() {
+        use crate::fs::disk_cache::{DiskCache, DiskCacheConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let data = pattern(8 << 20);
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+        store.inner().insert("obj", data.clone());
+        let info = store.head("obj").await.unwrap();
+        let mut ctx = context(store.clone(), 8 << 20);
+        ctx.disk = Some(DiskCache::new(DiskCacheConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 64 << 20,
+            chunk_size: 256 << 10,
+            concurrency: 4,
+        }));
+        let mut reader = FileReader::new(ctx, "obj".into(), info.etag, info.size);
+        // The kernel's first readahead requests, as concurrent FUSE requests may deliver them.
+        let chunk = 128u64 << 10;
+        let mut order: Vec<u64> = vec![3, 1, 6, 2, 0, 5, 4, 7];
+        order.extend(8..(8 << 20) / chunk);
+        for index in order {
+            let offset = index * chunk;
+            let got = reader.read(offset, chunk as u32).await.unwrap();
+            assert_eq!(&got[..], &data[offset as usize..(offset + chunk) as usize]);
+        }
+        assert!(reader.staged.is_none(), "a sequential reader was staged");
     }
 
     #[tokio::test]
