@@ -86,9 +86,17 @@ impl Default for FsConfig {
 }
 
 impl FsConfig {
-    /// The block cache gets a quarter of the memory budget; prefetch and write buffers share
-    /// the rest.
+    /// The block cache gets a quarter of the memory budget, sequential read-ahead a quarter,
+    /// recycled receive buffers an eighth, and write buffers and staging transfers the rest.
     pub fn block_cache_bytes(&self) -> u64 {
+        self.max_memory / 4
+    }
+
+    /// Read-ahead of every sequential stream together. Its own share, so that many readers
+    /// do not each prefetch a full window: on a CPU-bound host, data that waits long in memory
+    /// is cold when the kernel copies it out (4 readers of 1 GiB on Garage: 0.63-0.81 of the
+    /// raw GET rate with 320 MiB of shared read-ahead, 0.82-0.93 with 80-160 MiB).
+    pub fn readahead_bytes(&self) -> u64 {
         self.max_memory / 4
     }
 
@@ -98,7 +106,10 @@ impl FsConfig {
     }
 
     pub fn buffer_bytes(&self) -> u64 {
-        self.max_memory - self.block_cache_bytes() - self.receive_pool_bytes()
+        self.max_memory
+            - self.block_cache_bytes()
+            - self.readahead_bytes()
+            - self.receive_pool_bytes()
     }
 }
 
@@ -175,6 +186,7 @@ impl<S: ObjectStore> Fs<S> {
             store: store.clone(),
             cache: Arc::new(BlockCache::new(config.block_cache_bytes() as usize)),
             budget: Arc::new(Semaphore::new(config.buffer_bytes() as usize)),
+            readahead: Arc::new(Semaphore::new(config.readahead_bytes() as usize)),
             tuning: config.tuning,
             disk: config.disk_cache.clone().map(DiskCache::new),
         };

@@ -98,8 +98,10 @@ impl Part {
 pub struct ReadContext<S> {
     pub store: Arc<S>,
     pub cache: Arc<BlockCache>,
-    /// Permits are bytes of prefetch buffers.
+    /// Permits are bytes of write buffers and staging transfers.
     pub budget: Arc<Semaphore>,
+    /// Permits are bytes of sequential read-ahead, all streams together.
+    pub readahead: Arc<Semaphore>,
     pub tuning: ReadTuning,
     /// Local disk staging for random readers; `None` when disabled.
     pub disk: Option<Arc<DiskCache>>,
@@ -111,6 +113,7 @@ impl<S> Clone for ReadContext<S> {
             store: self.store.clone(),
             cache: self.cache.clone(),
             budget: self.budget.clone(),
+            readahead: self.readahead.clone(),
             tuning: self.tuning,
             disk: self.disk.clone(),
         }
@@ -300,7 +303,7 @@ impl<S: ObjectStore> FileReader<S> {
             // The store streams a body of this size into one buffer (`store::buffers`), so a
             // part costs its own size, in flight and after.
             let permits = len.min(u32::MAX as u64) as u32;
-            let budget = match self.ctx.budget.clone().try_acquire_many_owned(permits) {
+            let budget = match self.ctx.readahead.clone().try_acquire_many_owned(permits) {
                 Ok(permit) => Some(permit),
                 Err(_) if self.fetched_to < needed_to => None,
                 Err(_) => {
@@ -459,6 +462,7 @@ mod tests {
             store,
             cache: Arc::new(BlockCache::new(1 << 20)),
             budget: Arc::new(Semaphore::new(budget)),
+            readahead: Arc::new(Semaphore::new(budget)),
             tuning: ReadTuning {
                 part_size: 64 << 10,
                 initial_window: 16 << 10,
