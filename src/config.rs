@@ -14,7 +14,7 @@ use crate::store::s3::S3Settings;
 use crate::store::PutOptions;
 
 /// Ranged GETs in flight while one object is staged on local disk.
-const STAGING_CONCURRENCY: usize = 8;
+const STAGING_CONCURRENCY: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
