@@ -82,8 +82,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "1")]
     pub metadata_ttl: f64,
 
-    /// Memory budget in MiB for prefetch buffers and cached blocks (a quarter goes to the block
-    /// cache)
+    /// Memory budget in MiB for read-ahead, cached blocks, upload parts and staging transfers
+    /// (split as the README's Bounds section says)
     #[arg(long, value_name = "MiB", default_value = "512")]
     pub max_memory: u64,
 
