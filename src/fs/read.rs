@@ -540,13 +540,19 @@ mod tests {
         assert_eq!(store.calls(Op::Get), gets, "served from the block cache");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn random_readers_get_the_object_staged_on_disk() {
+    /// A store holding `data` as "obj" and a read context that stages on a temporary disk.
+    async fn staging_setup(
+        data: &[u8],
+    ) -> (
+        tempfile::TempDir,
+        Arc<FaultyStore<MemoryStore>>,
+        ReadContext<FaultyStore<MemoryStore>>,
+        crate::store::ObjectInfo,
+    ) {
         use crate::fs::disk_cache::{DiskCache, DiskCacheConfig};
         let dir = tempfile::tempdir().unwrap();
-        let data = pattern(16 << 20);
         let store = Arc::new(FaultyStore::new(MemoryStore::new()));
-        store.inner().insert("obj", data.clone());
+        store.inner().insert("obj", data.to_vec());
         let info = store.head("obj").await.unwrap();
         let mut ctx = context(store.clone(), 8 << 20);
         ctx.disk = Some(DiskCache::new(DiskCacheConfig {
@@ -555,6 +561,13 @@ mod tests {
             chunk_size: 256 << 10,
             concurrency: 4,
         }));
+        (dir, store, ctx, info)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_readers_get_the_object_staged_on_disk() {
+        let data = pattern(16 << 20);
+        let (_dir, store, ctx, info) = staging_setup(&data).await;
         let check = |got: Bytes, offset: u64, len: usize| {
             assert_eq!(&got[..], &data[offset as usize..offset as usize + len]);
         };
@@ -593,19 +606,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sequential_reader_is_never_staged_even_when_readahead_comes_out_of_order() {
-        use crate::fs::disk_cache::{DiskCache, DiskCacheConfig};
-        let dir = tempfile::tempdir().unwrap();
         let data = pattern(8 << 20);
-        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
-        store.inner().insert("obj", data.clone());
-        let info = store.head("obj").await.unwrap();
-        let mut ctx = context(store.clone(), 8 << 20);
-        ctx.disk = Some(DiskCache::new(DiskCacheConfig {
-            dir: dir.path().to_path_buf(),
-            max_bytes: 64 << 20,
-            chunk_size: 256 << 10,
-            concurrency: 4,
-        }));
+        let (_dir, _store, ctx, info) = staging_setup(&data).await;
         let mut reader = FileReader::new(ctx, "obj".into(), info.etag, info.size);
         // The kernel's first readahead requests, as concurrent FUSE requests may deliver them.
         let chunk = 128u64 << 10;

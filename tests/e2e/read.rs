@@ -299,16 +299,8 @@ fn an_object_replaced_while_open_gives_an_error_not_mixed_data() {
 #[test]
 fn a_randomly_read_file_is_staged_on_disk_and_read_from_there() {
     // Its own server, so stopping it disturbs no other test.
-    let port = free_port();
-    start_local_s3(port, &[]);
-    struct Stop(u16);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            stop_local_s3(self.0);
-        }
-    }
-    let _stop = Stop(port);
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = OwnServer::start();
+    let endpoint = server.endpoint.clone();
     let client = s3_client(&endpoint);
     let data = random_bytes(12 * 1024 * 1024 + 5, 31);
     runtime().block_on(async {
@@ -354,7 +346,7 @@ fn a_randomly_read_file_is_staged_on_disk_and_read_from_there() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Every further read comes from the staging file: they work with the server gone.
-    stop_local_s3(port);
+    server.stop();
     for offset in [0, 7_777_777, 12 * 1024 * 1024 - 4091, 2_000_000, 4_194_300] {
         read_at(offset, 4096);
     }

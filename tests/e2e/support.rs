@@ -70,6 +70,34 @@ pub fn stop_local_s3(port: u16) {
         .status();
 }
 
+/// A server of the test's own, for tests that stop it (so no other test is disturbed); stopped
+/// when dropped, on failure too.
+pub struct OwnServer {
+    pub port: u16,
+    pub endpoint: String,
+}
+
+impl OwnServer {
+    pub fn start() -> Self {
+        let port = free_port();
+        start_local_s3(port, &[]);
+        Self {
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn stop(&self) {
+        stop_local_s3(self.port);
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 pub fn server() -> &'static Server {
     SERVER.get_or_init(|| {
         let port = free_port();

@@ -332,16 +332,8 @@ fn a_read_only_mount_refuses_writes() {
 #[test]
 fn a_server_stopped_mid_write_fails_the_close() {
     // Its own server, so stopping it disturbs no other test.
-    let port = free_port();
-    start_local_s3(port, &[]);
-    struct Stop(u16);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            stop_local_s3(self.0);
-        }
-    }
-    let _stop = Stop(port);
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = OwnServer::start();
+    let endpoint = server.endpoint.clone();
     let client = s3_client(&endpoint);
     runtime()
         .block_on(client.create_bucket().bucket("faults").send())
@@ -352,7 +344,7 @@ fn a_server_stopped_mid_write_fails_the_close() {
     use std::io::Write;
     // Several parts' worth, so a multipart upload is under way when the server goes.
     file.write_all(&random_bytes(20 * 1024 * 1024, 7)).unwrap();
-    stop_local_s3(port);
+    server.stop();
     let write_more = file.write_all(&random_bytes(10 * 1024 * 1024, 8));
     let closed = file.sync_all();
     drop(file);
