@@ -52,7 +52,8 @@ fn unnamed_file(dir: &Path) -> io::Result<File> {
         .open(dir);
     match tmpfile {
         Ok(file) => Ok(file),
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+        // EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR: the kernel does.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
             static SEQUENCE: AtomicU64 = AtomicU64::new(0);
             let name = dir.join(format!(
                 ".bucketfs-{}-{}",
