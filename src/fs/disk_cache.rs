@@ -54,23 +54,28 @@ fn unnamed_file(dir: &Path) -> io::Result<File> {
         Ok(file) => Ok(file),
         // EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR: the kernel does.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
-            static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-            let name = dir.join(format!(
-                ".bucketfs-{}-{}",
-                std::process::id(),
-                SEQUENCE.fetch_add(1, Ordering::Relaxed)
-            ));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&name)?;
-            std::fs::remove_file(&name)?;
-            Ok(file)
+            named_then_removed(dir)
         }
         Err(e) => Err(e),
     }
+}
+
+/// A file created under a unique name and removed at once: unnamed from then on.
+fn named_then_removed(dir: &Path) -> io::Result<File> {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let name = dir.join(format!(
+        ".bucketfs-{}-{}",
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&name)?;
+    std::fs::remove_file(&name)?;
+    Ok(file)
 }
 
 /// Checks that staging files can be created in `dir`, for a clear error before mounting.
@@ -556,6 +561,17 @@ mod tests {
             "If-Match pinned every chunk to the old ETag"
         );
         assert!(staged.read(0..10).is_none());
+    }
+
+    #[test]
+    fn the_fallback_file_is_usable_and_leaves_no_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = named_then_removed(dir.path()).unwrap();
+        file.write_all_at(b"staged", 4096).unwrap();
+        let mut buf = [0u8; 6];
+        file.read_exact_at(&mut buf, 4096).unwrap();
+        assert_eq!(&buf, b"staged");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
