@@ -72,6 +72,18 @@ fn report(op: &str, bytes: u64, started: Instant) {
     println!("op={op} bytes={bytes} seconds={secs:.3} mib_per_s={mib_s:.1}");
 }
 
+/// The object's size, from a HEAD.
+async fn object_size(client: &Client, bucket: &str, key: &str) -> Result<u64, String> {
+    let head = client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("head: {e:?}"))?;
+    Ok(head.content_length().unwrap_or(0).max(0) as u64)
+}
+
 /// Concurrent ranged GETs of the whole object, bytes discarded.
 async fn get(
     client: Client,
@@ -81,14 +93,7 @@ async fn get(
     concurrency: usize,
 ) -> Result<(), String> {
     let started = Instant::now();
-    let head = client
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| format!("head: {e:?}"))?;
-    let size = head.content_length().unwrap_or(0) as u64;
+    let size = object_size(&client, bucket, key).await?;
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = Vec::new();
     let mut offset = 0;
@@ -264,14 +269,7 @@ async fn randget(
     block: u64,
     seconds: f64,
 ) -> Result<(), String> {
-    let head = client
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| format!("head: {e:?}"))?;
-    let blocks = (head.content_length().unwrap_or(0) as u64 / block).max(1);
+    let blocks = (object_size(&client, bucket, key).await? / block).max(1);
     let mut state: u64 = 0x2545_F491_4F6C_DD1D;
     let started = Instant::now();
     let mut ops = 0u64;
