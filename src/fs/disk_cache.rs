@@ -217,11 +217,37 @@ impl DiskCache {
             key: key.to_string(),
             etag: etag.to_string(),
         };
-        let staged = {
+        if let Some(existing) = self.get(key, etag).filter(|s| !s.has_failed()) {
+            return Some(existing);
+        }
+        // File-system calls stay outside the index lock, which every open takes. The free-space
+        // check comes before eviction, so it errs on the side of not staging.
+        if available_bytes(&self.config.dir).is_some_and(|free| free < size) {
+            tracing::warn!(key, size, dir = %self.config.dir.display(),
+                "not staged: too little free disk in the cache directory");
+            return None;
+        }
+        let file = match unnamed_file(&self.config.dir) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(dir = %self.config.dir.display(), "not staged: {e}");
+                return None;
+            }
+        };
+        let chunk_size = self.config.chunk_size.max(1);
+        let chunks = size.div_ceil(chunk_size) as usize;
+        let staged = Arc::new(StagedObject {
+            file,
+            size,
+            chunk_size,
+            filled: (0..chunks).map(|_| AtomicBool::new(false)).collect(),
+            failed: AtomicBool::new(false),
+        });
+        {
             let mut index = self.index.lock().expect("disk cache lock");
             if let Some(existing) = index.objects.get(&id) {
                 if !existing.has_failed() {
-                    return Some(existing.clone());
+                    return Some(existing.clone()); // staged by another reader meanwhile
                 }
                 if let Some(failed) = index.objects.pop(&id) {
                     index.reserved -= failed.size;
@@ -235,31 +261,9 @@ impl DiskCache {
                 );
                 return None;
             }
-            if available_bytes(&self.config.dir).is_some_and(|free| free < size) {
-                tracing::warn!(key, size, dir = %self.config.dir.display(),
-                    "not staged: too little free disk in the cache directory");
-                return None;
-            }
-            let file = match unnamed_file(&self.config.dir) {
-                Ok(file) => file,
-                Err(e) => {
-                    tracing::warn!(dir = %self.config.dir.display(), "not staged: {e}");
-                    return None;
-                }
-            };
-            let chunk_size = self.config.chunk_size.max(1);
-            let chunks = size.div_ceil(chunk_size) as usize;
-            let staged = Arc::new(StagedObject {
-                file,
-                size,
-                chunk_size,
-                filled: (0..chunks).map(|_| AtomicBool::new(false)).collect(),
-                failed: AtomicBool::new(false),
-            });
             index.reserved += size;
             index.objects.put(id.clone(), staged.clone());
-            staged
-        };
+        }
         tracing::debug!(key, size, "staging on local disk for random reads");
         let filler = Filler {
             cache: Arc::downgrade(self),

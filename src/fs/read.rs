@@ -137,6 +137,9 @@ pub struct FileReader<S> {
     /// This version of the object on local disk (being) staged, if it is.
     staged: Option<Arc<StagedObject>>,
     random_reads: u32,
+    /// The disk cache declined this object (too large, no room): not asked again by this open,
+    /// whose every further random read would otherwise ask.
+    staging_declined: bool,
 }
 
 impl<S: ObjectStore> FileReader<S> {
@@ -158,6 +161,7 @@ impl<S: ObjectStore> FileReader<S> {
             window,
             staged,
             random_reads: 0,
+            staging_declined: false,
         }
     }
 
@@ -263,7 +267,7 @@ impl<S: ObjectStore> FileReader<S> {
     }
 
     fn stage(&mut self) {
-        if self.staged.is_some() || self.size < STAGE_MIN_SIZE {
+        if self.staged.is_some() || self.staging_declined || self.size < STAGE_MIN_SIZE {
             return;
         }
         let (Some(disk), Some(etag)) = (&self.ctx.disk, &self.etag) else {
@@ -276,6 +280,7 @@ impl<S: ObjectStore> FileReader<S> {
             etag,
             self.size,
         );
+        self.staging_declined = self.staged.is_none();
     }
 
     fn restart_stream(&mut self, offset: u64) {
@@ -602,6 +607,22 @@ mod tests {
             100_000,
         );
         assert_eq!(store.calls(Op::Get), gets, "served from the staging file");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_the_disk_cache_declines_is_not_asked_for_again() {
+        let data = pattern(40 << 20); // over half of the 64 MiB test cache
+        let (_dir, _store, ctx, info) = staging_setup(&data).await;
+        let mut reader = FileReader::new(ctx, "obj".into(), info.etag, info.size);
+        for offset in [30_000_000u64, 1_000_000, 20_000_000, 5_000_000, 35_000_000] {
+            let got = reader.read(offset, 4096).await.unwrap();
+            assert_eq!(&got[..], &data[offset as usize..offset as usize + 4096]);
+        }
+        assert!(reader.staged.is_none());
+        assert!(
+            reader.staging_declined,
+            "declined once, remembered for this open"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
