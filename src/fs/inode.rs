@@ -1,15 +1,22 @@
 //! The inode table: inode number <-> (parent, name, key, kind), attributes with their expiry,
-//! and the kernel's lookup counts (an inode is dropped when the kernel forgets it).
+//! the kernel's lookup counts (an inode is dropped when the kernel forgets it), and the state
+//! an inode owns while it is open for writing: its one writer, and whether its name exists only
+//! in this mount so far (created here, not yet in S3).
+//!
+//! Everything about one inode lives in its [`Inode`], behind the one table lock, so a check and
+//! the change it guards (such as "no writer yet, so this open becomes the writer") happen in one
+//! critical section; there are no side maps to keep in step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::attrs::{Attributes, Kind};
 
 pub const ROOT_INO: u64 = 1;
 
-#[derive(Debug, Clone)]
-pub struct Inode {
+#[derive(Debug)]
+pub struct Inode<W> {
     pub ino: u64,
     pub parent: u64,
     pub name: String,
@@ -20,21 +27,39 @@ pub struct Inode {
     /// Attributes are served from memory until then, and refreshed from the store after.
     pub expires: Instant,
     lookups: u64,
+    /// The one writer of this file while it is open for writing (shared with its handle).
+    writer: Option<Arc<W>>,
+    /// Created in this mount and not yet in S3: readdir of the parent shows it from here.
+    pending: bool,
 }
 
-impl Inode {
+impl<W> Inode<W> {
     pub fn kind(&self) -> Kind {
         self.attrs.kind
     }
+
+    pub fn writer(&self) -> Option<&Arc<W>> {
+        self.writer.as_ref()
+    }
+
+    pub fn has_writer(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
 }
 
-pub struct InodeTable {
+pub struct InodeTable<W> {
     next_ino: u64,
-    inodes: HashMap<u64, Inode>,
+    inodes: HashMap<u64, Inode<W>>,
     children: HashMap<(u64, String), u64>,
+    /// Pending inodes by parent: an index of `Inode::pending`, maintained only by this table.
+    pending: HashMap<u64, HashSet<u64>>,
 }
 
-impl InodeTable {
+impl<W> InodeTable<W> {
     pub fn new(root_prefix: String, root_attrs: Attributes) -> Self {
         let root = Inode {
             ino: ROOT_INO,
@@ -44,19 +69,22 @@ impl InodeTable {
             attrs: root_attrs,
             expires: Instant::now(),
             lookups: 1,
+            writer: None,
+            pending: false,
         };
         Self {
             next_ino: ROOT_INO + 1,
             inodes: HashMap::from([(ROOT_INO, root)]),
             children: HashMap::new(),
+            pending: HashMap::new(),
         }
     }
 
-    pub fn get(&self, ino: u64) -> Option<&Inode> {
+    pub fn get(&self, ino: u64) -> Option<&Inode<W>> {
         self.inodes.get(&ino)
     }
 
-    pub fn child(&self, parent: u64, name: &str) -> Option<&Inode> {
+    pub fn child(&self, parent: u64, name: &str) -> Option<&Inode<W>> {
         self.children
             .get(&(parent, name.to_string()))
             .and_then(|ino| self.inodes.get(ino))
@@ -73,7 +101,7 @@ impl InodeTable {
         attrs: Attributes,
         expires: Instant,
         counted: bool,
-    ) -> &Inode {
+    ) -> &Inode<W> {
         let map_key = (parent, name.to_string());
         let existing = self
             .children
@@ -102,6 +130,8 @@ impl InodeTable {
                         attrs,
                         expires,
                         lookups: 0,
+                        writer: None,
+                        pending: false,
                     },
                 );
                 self.children.insert(map_key, ino);
@@ -145,13 +175,103 @@ impl InodeTable {
         if self.children.get(&old) == Some(&ino) {
             self.children.remove(&old);
         }
+        self.detach(new_parent, new_name);
         let inode = self.inodes.get_mut(&ino).expect("checked above");
+        let old_parent = inode.parent;
         inode.parent = new_parent;
         inode.name = new_name.to_string();
         inode.key = key;
         inode.expires = expires;
+        let pending = inode.pending;
+        if pending {
+            self.unindex_pending(old_parent, ino);
+            self.pending.entry(new_parent).or_default().insert(ino);
+        }
         self.children
             .insert((new_parent, new_name.to_string()), ino);
+    }
+
+    /// Makes `writer` the one writer of `ino`, unless it has one already (then `false`).
+    pub fn claim_writer(&mut self, ino: u64, writer: Arc<W>) -> bool {
+        match self.inodes.get_mut(&ino) {
+            Some(inode) if inode.writer.is_none() => {
+                inode.writer = Some(writer);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the writer of `ino` if it is still `writer` (a later writer is left alone).
+    pub fn release_writer(&mut self, ino: u64, writer: &Arc<W>) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            if inode
+                .writer
+                .as_ref()
+                .is_some_and(|w| Arc::ptr_eq(w, writer))
+            {
+                inode.writer = None;
+            }
+        }
+        self.remove_if_unused(ino);
+    }
+
+    /// Every writer of an inode whose key starts with `prefix`.
+    pub fn writers_below(&self, prefix: &str) -> Vec<Arc<W>> {
+        self.inodes
+            .values()
+            .filter(|i| i.key.starts_with(prefix))
+            .filter_map(|i| i.writer.clone())
+            .collect()
+    }
+
+    /// Every writer (unmount, shutdown).
+    pub fn all_writers(&self) -> Vec<(u64, Arc<W>)> {
+        self.inodes
+            .values()
+            .filter_map(|i| i.writer.clone().map(|w| (i.ino, w)))
+            .collect()
+    }
+
+    /// Marks `ino` as existing only in this mount (`true`) or as stored in S3 (`false`).
+    pub fn set_pending(&mut self, ino: u64, pending: bool) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        if inode.pending == pending {
+            return;
+        }
+        inode.pending = pending;
+        let parent = inode.parent;
+        if pending {
+            self.pending.entry(parent).or_default().insert(ino);
+        } else {
+            self.unindex_pending(parent, ino);
+        }
+    }
+
+    fn unindex_pending(&mut self, parent: u64, ino: u64) {
+        if let Some(set) = self.pending.get_mut(&parent) {
+            set.remove(&ino);
+            if set.is_empty() {
+                self.pending.remove(&parent);
+            }
+        }
+    }
+
+    /// The pending entries still named in `dir`.
+    pub fn pending_children(&self, dir: u64) -> Vec<&Inode<W>> {
+        let Some(set) = self.pending.get(&dir) else {
+            return Vec::new();
+        };
+        set.iter()
+            .filter_map(|ino| self.inodes.get(ino))
+            .filter(|i| self.children.get(&(i.parent, i.name.clone())) == Some(&i.ino))
+            .collect()
+    }
+
+    pub fn has_pending_children(&self, dir: u64) -> bool {
+        !self.pending_children(dir).is_empty()
     }
 
     /// After a directory rename: every known entry below `old_prefix` now lives below
@@ -176,7 +296,13 @@ impl InodeTable {
     /// Forgets the name (the entry no longer exists); the inode itself lives on until the
     /// kernel forgets it, so open files keep working.
     pub fn detach(&mut self, parent: u64, name: &str) {
-        self.children.remove(&(parent, name.to_string()));
+        if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
+            // A pending entry that lost its name is not "in this mount only" any more: it is
+            // nowhere.
+            if self.inodes.get(&ino).is_some_and(|i| i.pending) {
+                self.set_pending(ino, false);
+            }
+        }
     }
 
     /// The kernel dropped `n` references.
@@ -188,13 +314,23 @@ impl InodeTable {
             return;
         };
         inode.lookups = inode.lookups.saturating_sub(n);
-        if inode.lookups == 0 {
-            let (parent, name) = (inode.parent, inode.name.clone());
-            self.inodes.remove(&ino);
-            let map_key = (parent, name);
-            if self.children.get(&map_key) == Some(&ino) {
-                self.children.remove(&map_key);
-            }
+        self.remove_if_unused(ino);
+    }
+
+    /// Drops `ino` once the kernel holds no reference and no writer keeps it open.
+    fn remove_if_unused(&mut self, ino: u64) {
+        let Some(inode) = self.inodes.get(&ino) else {
+            return;
+        };
+        if ino == ROOT_INO || inode.lookups > 0 || inode.writer.is_some() {
+            return;
+        }
+        let (parent, name) = (inode.parent, inode.name.clone());
+        self.unindex_pending(parent, ino);
+        self.inodes.remove(&ino);
+        let map_key = (parent, name);
+        if self.children.get(&map_key) == Some(&ino) {
+            self.children.remove(&map_key);
         }
     }
 
@@ -228,7 +364,7 @@ mod tests {
     #[test]
     fn inodes_live_until_forgotten_and_change_with_kind() {
         let defaults = AttrDefaults::default();
-        let mut table = InodeTable::new(
+        let mut table = InodeTable::<()>::new(
             String::new(),
             Attributes::directory(SystemTime::UNIX_EPOCH, &defaults),
         );

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod disk_cache;
 pub mod error;
 pub mod inode;
+pub mod journal;
 pub mod names;
 pub mod namespace;
 pub mod read;
@@ -33,6 +34,7 @@ use error::{FsError, FsResult};
 use inode::InodeTable;
 #[cfg(test)]
 use inode::ROOT_INO;
+use journal::UploadJournal;
 use names::{child_key, validate_component};
 use read::{FileReader, ReadContext, ReadTuning};
 use write::FileWriter;
@@ -160,20 +162,39 @@ impl<S> Clone for FileHandle<S> {
     }
 }
 
+/// The writer of one file open for writing, owned by its inode and shared with its handle.
+pub(crate) type SharedWriter<S> = Shared<FileWriter<S>>;
+
+/// The filesystem.
+///
+/// # Lock hierarchy
+///
+/// Locks are taken only in this order, and a lock of one level is never taken while one of the
+/// same or a later level is held:
+///
+/// 1. Per-file and per-handle async locks (`tokio::sync::Mutex`): a file's writer, a read
+///    handle's reader, a directory handle. They may be held across `.await` and network calls.
+///    At most one of them at a time (a rename over an open file deals with the two writers one
+///    after the other, never both held).
+/// 2. `inodes` (std mutex): the inode table and everything an inode owns (its writer, whether
+///    it is pending). Never held across an `.await`, a network call or a file-system call.
+/// 3. Leaf std mutexes, taken alone or under `inodes` and never around anything else: `files`,
+///    `dirs`, the negative cache, the directory snapshots, the block cache, the upload journal.
+///
+/// `try_lock` of a level-1 lock never waits, so it is allowed anywhere.
 pub struct Fs<S> {
     store: Arc<S>,
     config: FsConfig,
-    inodes: Mutex<InodeTable>,
+    /// Level 2: inodes, and the open-for-writing state each one owns.
+    inodes: Mutex<InodeTable<tokio::sync::Mutex<FileWriter<S>>>>,
     negative: NegativeCache,
     snapshots: DirSnapshots,
     read_ctx: ReadContext<S>,
-    /// Open files: handle -> (inode, reader or writer).
+    /// Level 3: open file handles -> (inode, reader or the inode's writer).
     files: Mutex<HashMap<u64, (u64, FileHandle<S>)>>,
-    /// The one writer of each inode open for writing.
-    writers: Mutex<HashMap<u64, Shared<FileWriter<S>>>>,
-    /// Entries created in this mount and not yet in S3, by parent inode: readdir shows them.
-    local_entries: Mutex<HashMap<u64, HashMap<String, u64>>>,
+    /// Level 3: open directory handles.
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    journal: Option<Arc<UploadJournal>>,
     next_handle: AtomicU64,
     mount_time: SystemTime,
 }
@@ -198,12 +219,17 @@ impl<S: ObjectStore> Fs<S> {
             config,
             read_ctx,
             files: Mutex::new(HashMap::new()),
-            writers: Mutex::new(HashMap::new()),
-            local_entries: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            journal: None,
             next_handle: AtomicU64::new(1),
             mount_time,
         }
+    }
+
+    /// Records every multipart upload in `journal` while it is in flight.
+    pub fn with_journal(mut self, journal: Arc<UploadJournal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -244,7 +270,7 @@ impl<S: ObjectStore> Fs<S> {
         {
             let mut inodes = self.inodes.lock().unwrap();
             if let Some(child) = inodes.child(parent, name) {
-                if child.expires > Instant::now() || self.has_writer(child.ino) {
+                if child.expires > Instant::now() || child.has_writer() || child.is_pending() {
                     let entry = Entry {
                         ino: child.ino,
                         attrs: child.attrs.clone(),
@@ -348,12 +374,12 @@ impl<S: ObjectStore> Fs<S> {
             (
                 inode.key.clone(),
                 inode.attrs.clone(),
-                inode.expires > Instant::now(),
+                inode.expires > Instant::now() || inode.has_writer() || inode.is_pending(),
             )
         };
         // Directories have no object of their own to ask about; their listing is fresh at
         // each opendir.
-        if fresh || attrs.kind == Kind::Dir || self.has_writer(ino) {
+        if fresh || attrs.kind == Kind::Dir {
             return Ok(Entry { ino, attrs });
         }
         let attrs = self.refresh_file(ino, &key).await?;
@@ -522,7 +548,7 @@ impl<S: ObjectStore> Fs<S> {
                     .child(dir, &e.name)
                     .filter(|c| c.kind() == e.attrs.kind);
                 match known {
-                    Some(c) if self.has_writer(c.ino) => e.attrs = c.attrs.clone(),
+                    Some(c) if c.has_writer() => e.attrs = c.attrs.clone(),
                     Some(c) if e.attrs.kind == Kind::Dir || c.attrs.etag == e.attrs.etag => {
                         e.attrs = c.attrs.clone()
                     }
@@ -572,24 +598,15 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    fn has_writer(&self, ino: u64) -> bool {
-        self.writers.lock().unwrap().contains_key(&ino)
-    }
-
     /// Entries of `dir` created in this mount and not yet in S3, with their attributes.
     fn local_children(&self, dir: u64) -> Vec<dir::DirEntry> {
-        let local = self.local_entries.lock().unwrap();
-        let Some(children) = local.get(&dir) else {
-            return Vec::new();
-        };
         let inodes = self.inodes.lock().unwrap();
-        children
-            .iter()
-            .filter_map(|(name, ino)| {
-                inodes.get(*ino).map(|inode| dir::DirEntry {
-                    name: name.clone(),
-                    attrs: inode.attrs.clone(),
-                })
+        inodes
+            .pending_children(dir)
+            .into_iter()
+            .map(|inode| dir::DirEntry {
+                name: inode.name.clone(),
+                attrs: inode.attrs.clone(),
             })
             .collect()
     }

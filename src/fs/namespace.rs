@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::attrs::{posix_headers, Attributes, Kind};
 use super::error::{FsError, FsResult};
@@ -93,23 +93,16 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    fn add_local(&self, parent: u64, name: &str, ino: u64) {
-        self.local_entries
-            .lock()
-            .unwrap()
-            .entry(parent)
-            .or_default()
-            .insert(name.to_string(), ino);
-    }
-
-    fn remove_local(&self, parent: u64, name: &str) {
-        let mut local = self.local_entries.lock().unwrap();
-        if let Some(children) = local.get_mut(&parent) {
-            children.remove(name);
-            if children.is_empty() {
-                local.remove(&parent);
-            }
-        }
+    /// A writer for `key`, on the shared budget, recording its uploads in the journal.
+    fn new_writer(&self, key: String, opts: PutOptions) -> FileWriter<S> {
+        FileWriter::new(
+            self.store.clone(),
+            key,
+            opts,
+            self.config.write_part_size,
+            self.read_ctx.budget.clone(),
+        )
+        .with_journal(self.journal.clone())
     }
 
     fn new_handle(&self, ino: u64, handle: FileHandle<S>) -> u64 {
@@ -152,17 +145,18 @@ impl<S: ObjectStore> Fs<S> {
             etag: None,
         };
         let opts = self.put_options(name, &attrs);
+        let writer = Arc::new(tokio::sync::Mutex::new(self.new_writer(key.clone(), opts)));
         let ino = {
             let mut inodes = self.inodes.lock().unwrap();
             if let Some(existing) = inodes.child(parent, name) {
                 if existing.kind() == Kind::Dir {
                     return Err(FsError::IsDir);
                 }
-                if self.has_writer(existing.ino) {
+                if existing.has_writer() {
                     return Err(FsError::Busy);
                 }
             }
-            inodes
+            let ino = inodes
                 .upsert_child(
                     parent,
                     name,
@@ -171,18 +165,14 @@ impl<S: ObjectStore> Fs<S> {
                     self.expiry(),
                     true,
                 )
-                .ino
+                .ino;
+            let claimed = inodes.claim_writer(ino, writer.clone());
+            debug_assert!(claimed, "checked under the same lock");
+            // Shown by readdir from now on; in S3 from the first commit.
+            inodes.set_pending(ino, true);
+            ino
         };
         self.negative.remove(parent, name);
-        let writer = Arc::new(tokio::sync::Mutex::new(FileWriter::new(
-            self.store.clone(),
-            key,
-            opts,
-            self.config.write_part_size,
-            self.read_ctx.budget.clone(),
-        )));
-        self.writers.lock().unwrap().insert(ino, writer.clone());
-        self.add_local(parent, name, ino);
         self.snapshots.add(parent, name);
         self.touch_dir(parent);
         let fh = self.new_handle(ino, FileHandle::Write(writer));
@@ -198,18 +188,19 @@ impl<S: ObjectStore> Fs<S> {
         if attrs.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
+        let current_writer = self.writer_of(ino);
         if writing {
             self.check_writable()?;
-            if self.has_writer(ino) {
+            if current_writer.is_some() {
                 return Err(FsError::Busy);
             }
-        } else if let Some(writer) = self.writers.lock().unwrap().get(&ino).cloned() {
+        } else if let Some(writer) = &current_writer {
             if writer.try_lock().map(|w| w.is_dirty()).unwrap_or(true) {
                 // Its bytes are not in S3 yet, and reading the old object would be wrong.
                 return Err(FsError::Busy);
             }
         }
-        let attrs = if fresh || self.has_writer(ino) {
+        let attrs = if fresh || current_writer.is_some() {
             attrs
         } else {
             self.refresh_file(ino, &key).await?
@@ -225,28 +216,54 @@ impl<S: ObjectStore> Fs<S> {
             ..attrs.clone()
         };
         let opts = self.put_options(&name, &new_attrs);
-        let mut writer = FileWriter::new(
-            self.store.clone(),
-            key,
-            opts,
-            self.config.write_part_size,
-            self.read_ctx.budget.clone(),
-        );
-        if flags & libc::O_TRUNC != 0 {
-            let truncated = Attributes {
-                size: 0,
-                ..new_attrs
-            };
-            self.inodes
-                .lock()
-                .unwrap()
-                .set_attrs(ino, truncated, self.expiry());
-        } else {
+        let mut writer = self.new_writer(key, opts);
+        let truncate = flags & libc::O_TRUNC != 0;
+        if !truncate {
             writer = writer.existing(attrs.size);
         }
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
-        self.writers.lock().unwrap().insert(ino, writer.clone());
+        {
+            // One writer per file: the check and the claim in one critical section, so two
+            // concurrent opens cannot both become the writer.
+            let mut inodes = self.inodes.lock().unwrap();
+            if !inodes.claim_writer(ino, writer.clone()) {
+                return Err(FsError::Busy);
+            }
+            if truncate {
+                // The truncate is the handle's: S3 keeps the old object until the commit.
+                let truncated = Attributes {
+                    size: 0,
+                    ..new_attrs
+                };
+                inodes.set_attrs(ino, truncated, self.expiry());
+            }
+        }
         Ok(self.new_handle(ino, FileHandle::Write(writer)))
+    }
+
+    fn writer_of(&self, ino: u64) -> Option<super::SharedWriter<S>> {
+        let inodes = self.inodes.lock().unwrap();
+        inodes.get(ino).and_then(|i| i.writer().cloned())
+    }
+
+    /// After `writer` failed for good: the inode lets go of it (its handle keeps reporting
+    /// the error), and the file's name shows what S3 holds. A file that was never stored
+    /// disappears; an overwritten one shows the old object again at its next use.
+    fn writer_failed(&self, ino: u64, writer: &super::SharedWriter<S>) {
+        let mut inodes = self.inodes.lock().unwrap();
+        let Some(inode) = inodes.get(ino) else {
+            return;
+        };
+        let (parent, name, pending) = (inode.parent, inode.name.clone(), inode.is_pending());
+        inodes.release_writer(ino, writer);
+        if pending {
+            inodes.detach(parent, &name);
+            drop(inodes);
+            self.snapshots.remove(parent, &name);
+            self.negative.insert(parent, &name);
+        } else {
+            inodes.expire(ino);
+        }
     }
 
     /// A read that can be answered at once from local disk (a staged object), without the
@@ -286,10 +303,19 @@ impl<S: ObjectStore> Fs<S> {
         let FileHandle::Write(writer) = handle else {
             return Err(FsError::BadHandle);
         };
-        let mut writer = writer.lock().await;
-        let written = writer.write(offset, data).await?;
-        let size = writer.size();
-        drop(writer);
+        let mut guard = writer.lock().await;
+        let written = match guard.write(offset, data).await {
+            Ok(n) => n,
+            Err(e) => {
+                if guard.is_failed() {
+                    drop(guard);
+                    self.writer_failed(ino, &writer);
+                }
+                return Err(e);
+            }
+        };
+        let size = guard.size();
+        drop(guard);
         let mut inodes = self.inodes.lock().unwrap();
         if let Some(inode) = inodes.get(ino) {
             let attrs = Attributes {
@@ -312,59 +338,68 @@ impl<S: ObjectStore> Fs<S> {
         self.commit_writer(ino, &writer).await
     }
 
-    async fn commit_writer(&self, ino: u64, writer: &super::Shared<FileWriter<S>>) -> FsResult<()> {
-        let mut writer = writer.lock().await;
-        let committed = writer.commit().await?;
+    async fn commit_writer(&self, ino: u64, writer: &super::SharedWriter<S>) -> FsResult<()> {
+        let mut guard = writer.lock().await;
+        let committed = match guard.commit().await {
+            Ok(committed) => committed,
+            Err(e) => {
+                drop(guard);
+                self.writer_failed(ino, writer);
+                return Err(e);
+            }
+        };
         let Some((size, etag)) = committed else {
             return Ok(());
         };
-        debug!(key = writer.key(), size, "committed");
+        debug!(key = guard.key(), size, "committed");
+        // Still under the writer's lock: no rename can move the file between the commit and
+        // this update.
         let mut inodes = self.inodes.lock().unwrap();
         if let Some(inode) = inodes.get(ino) {
-            let (parent, name) = (inode.parent, inode.name.clone());
             let attrs = Attributes {
                 size,
                 etag,
                 ..inode.attrs.clone()
             };
             inodes.set_attrs(ino, attrs, self.expiry());
-            drop(inodes);
-            self.remove_local(parent, &name);
+            inodes.set_pending(ino, false);
         }
         Ok(())
     }
 
     /// The last close of a handle. Anything still unsent is committed (close already did this
-    /// unless the file was written through mmap); an error here can only be logged.
+    /// unless the last close came from another process, or the file was written through mmap);
+    /// an error here cannot reach the program, so it is logged at error level, and the file
+    /// shows what S3 holds.
     pub async fn release(&self, fh: u64) {
         let Some((ino, handle)) = self.files.lock().unwrap().remove(&fh) else {
             return;
         };
         if let FileHandle::Write(writer) = handle {
             if let Err(e) = self.commit_writer(ino, &writer).await {
-                warn!("upload at release failed: {e}");
+                let key = writer.lock().await.key().to_string();
+                error!(
+                    key,
+                    "the file was closed but could not be stored in S3: {e}"
+                );
             }
-            let mut writers = self.writers.lock().unwrap();
-            if writers.get(&ino).is_some_and(|w| Arc::ptr_eq(w, &writer)) {
-                writers.remove(&ino);
-            }
+            self.inodes.lock().unwrap().release_writer(ino, &writer);
         }
     }
 
     /// Commits every writer with unsent data (unmount): nothing written is left behind.
-    pub async fn commit_all(&self) {
-        let writers: Vec<_> = self
-            .writers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(ino, w)| (*ino, w.clone()))
-            .collect();
+    /// Returns the keys that could not be stored.
+    pub async fn commit_all(&self) -> Vec<String> {
+        let writers = self.inodes.lock().unwrap().all_writers();
+        let mut failed = Vec::new();
         for (ino, writer) in writers {
             if let Err(e) = self.commit_writer(ino, &writer).await {
-                warn!("upload at unmount failed: {e}");
+                let key = writer.lock().await.key().to_string();
+                error!(key, "could not be stored in S3 at unmount: {e}");
+                failed.push(key);
             }
         }
+        failed
     }
 
     /// chmod, chown, utimes and truncate. Attribute changes of a file in S3 are a server-side
@@ -373,7 +408,7 @@ impl<S: ObjectStore> Fs<S> {
         self.check_writable()?;
         let (_, name, key, attrs, _) = self.inode_parts(ino)?;
         debug!(key, ?change, "setattr");
-        let writer = self.writers.lock().unwrap().get(&ino).cloned();
+        let writer = self.writer_of(ino);
         let mut new_attrs = attrs.clone();
         if let Some(mode) = change.mode {
             new_attrs.perm = mode & 0o7777;
@@ -421,11 +456,11 @@ impl<S: ObjectStore> Fs<S> {
                 None => false,
             };
             let local_only = self
-                .local_entries
+                .inodes
                 .lock()
                 .unwrap()
-                .values()
-                .any(|c| c.values().any(|i| *i == ino));
+                .get(ino)
+                .is_some_and(|i| i.is_pending());
             if !persisted_by_writer && !local_only {
                 let etag = self.persist_metadata(&name, &key, &new_attrs).await?;
                 if new_attrs.kind == Kind::File {
@@ -541,14 +576,26 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsDir);
         }
         let name = validate_component(name)?;
-        let key = self.inode_parts(entry.ino)?.2;
-        let writer = self.writers.lock().unwrap().get(&entry.ino).cloned();
-        if let Some(writer) = writer {
-            writer.lock().await.discard();
+        // An open writer is stopped first and its lock kept to the end, so no commit can put
+        // the file back after it is deleted.
+        let writer = self.writer_of(entry.ino);
+        let mut guard = match &writer {
+            Some(writer) => Some(writer.lock().await),
+            None => None,
+        };
+        if let Some(guard) = guard.as_mut() {
+            guard.discard().await;
         }
-        self.store.delete(&key).await?;
+        let (key, pending) = {
+            let inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get(entry.ino).ok_or(FsError::NotFound)?;
+            (inode.key.clone(), inode.is_pending())
+        };
+        if !pending {
+            self.store.delete(&key).await?;
+        }
         self.inodes.lock().unwrap().detach(parent, name);
-        self.remove_local(parent, name);
+        drop(guard);
         self.snapshots.remove(parent, name);
         self.negative.insert(parent, name);
         self.touch_dir(parent);
@@ -603,13 +650,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         let name = validate_component(name)?;
         let prefix = self.inode_parts(entry.ino)?.2;
-        if self
-            .local_entries
-            .lock()
-            .unwrap()
-            .get(&entry.ino)
-            .is_some_and(|c| !c.is_empty())
-        {
+        if self.inodes.lock().unwrap().has_pending_children(entry.ino) {
             return Err(FsError::NotEmpty);
         }
         let below = self.store.list_page(&prefix, false, None, Some(2)).await?;
@@ -625,8 +666,9 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
-    /// rename(2). A file is copied server-side then deleted; a directory moves every key below
-    /// it (copies first, with bounded concurrency, then deletes): not atomic, but no object is
+    /// rename(2). A file is copied server-side then deleted; a file open for writing takes
+    /// its upload along (see `FileWriter::rehome`). A directory moves every key below it
+    /// (copies first, with bounded concurrency, then deletes): not atomic, but no object is
     /// ever lost, since no source is deleted before every copy succeeded.
     pub async fn rename(
         &self,
@@ -653,8 +695,6 @@ impl<S: ObjectStore> Fs<S> {
         if no_replace && dest.is_some() {
             return Err(FsError::Exists);
         }
-        let (_, _, source_key, source_attrs, _) = self.inode_parts(source.ino)?;
-        debug!(source_key, new_key, "rename");
         match (source.attrs.kind, dest.as_ref().map(|d| d.attrs.kind)) {
             (Kind::File, Some(Kind::Dir)) => return Err(FsError::IsDir),
             (Kind::Dir, Some(Kind::File)) => return Err(FsError::NotDir),
@@ -671,59 +711,30 @@ impl<S: ObjectStore> Fs<S> {
             }
             _ => {}
         }
-        let mut copied_etag = None;
-        let final_key = match source.attrs.kind {
+        match source.attrs.kind {
             Kind::File => {
-                copied_etag = self
-                    .rename_file(
-                        source.ino,
-                        &source_key,
-                        &new_key,
-                        &new_name_str,
-                        &source_attrs,
-                    )
+                let dest_ino = dest.as_ref().map(|d| d.ino);
+                self.rename_file(source.ino, dest_ino, new_parent, &new_name_str, new_key)
                     .await?;
-                new_key
             }
             Kind::Dir => {
                 if self.is_same_or_below(new_parent, source.ino) {
                     return Err(FsError::Invalid);
                 }
+                let source_key = self.inode_parts(source.ino)?.2;
                 let dest_prefix = format!("{new_key}/");
+                debug!(source_key, dest_prefix, "rename directory");
                 self.rename_dir(&source_key, &dest_prefix).await?;
-                dest_prefix
+                let mut inodes = self.inodes.lock().unwrap();
+                inodes.move_entry(
+                    source.ino,
+                    new_parent,
+                    &new_name_str,
+                    dest_prefix.clone(),
+                    self.expiry(),
+                );
+                inodes.rekey_below(&source_key, &dest_prefix);
             }
-        };
-        {
-            let mut inodes = self.inodes.lock().unwrap();
-            // A copy may carry a new ETag: record it, so listings keep matching this entry.
-            inodes.move_entry(
-                source.ino,
-                new_parent,
-                &new_name_str,
-                final_key.clone(),
-                self.expiry(),
-            );
-            if let Some(etag) = copied_etag {
-                let attrs = Attributes {
-                    etag: Some(etag),
-                    ..source_attrs.clone()
-                };
-                inodes.set_attrs(source.ino, attrs, self.expiry());
-            }
-            if source.attrs.kind == Kind::Dir {
-                inodes.rekey_below(&source_key, &final_key);
-            }
-        }
-        let local = self
-            .local_entries
-            .lock()
-            .unwrap()
-            .get(&parent)
-            .and_then(|c| c.get(&name_str).copied());
-        if local.is_some() {
-            self.remove_local(parent, &name_str);
-            self.add_local(new_parent, &new_name_str, source.ino);
         }
         self.negative.remove(new_parent, &new_name_str);
         self.negative.insert(parent, &name_str);
@@ -734,48 +745,78 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
+    /// Renames the file `ino` to `new_name` in `new_parent` (key `new_key`), replacing `dest`.
+    /// The file's writer, if any, is locked throughout, so no commit runs between the move in
+    /// S3 and the move in the inode table.
     async fn rename_file(
         &self,
         ino: u64,
-        source_key: &str,
-        new_key: &str,
+        dest: Option<u64>,
+        new_parent: u64,
         new_name: &str,
-        attrs: &Attributes,
-    ) -> FsResult<Option<String>> {
-        let writer = self.writers.lock().unwrap().get(&ino).cloned();
-        if let Some(writer) = writer {
-            let mut writer = writer.lock().await;
-            if writer.is_dirty() {
-                // Not in S3 yet under the new name: it goes up there at close. An older object
-                // under the old name (an overwrite in progress) is removed now.
-                writer.abort().await;
-                writer.set_key(new_key.to_string());
-                if attrs.etag.is_some() {
-                    self.store.delete(source_key).await?;
-                }
-                return Ok(None);
-            }
-            writer.set_key(new_key.to_string());
+        new_key: String,
+    ) -> FsResult<()> {
+        // Renamed over a file open for writing: that file has no name any more, and its writer
+        // must not overwrite anything at close.
+        if let Some(dest_writer) = dest.and_then(|d| self.writer_of(d)) {
+            dest_writer.lock().await.discard().await;
         }
-        let opts = self.put_options(new_name, attrs);
-        let etag = self
-            .copy_object(source_key, new_key, attrs.size, &opts, false)
-            .await?;
-        self.store.delete(source_key).await?;
-        Ok(etag)
+        let writer = self.writer_of(ino);
+        let mut guard = match &writer {
+            Some(writer) => Some(writer.lock().await),
+            None => None,
+        };
+        let (source_key, attrs, pending) = {
+            let inodes = self.inodes.lock().unwrap();
+            let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+            (inode.key.clone(), inode.attrs.clone(), inode.is_pending())
+        };
+        debug!(source_key, new_key, "rename");
+        let mut new_etag = None;
+        let dirty = guard.as_ref().is_some_and(|g| g.is_dirty());
+        if let (Some(writer), true) = (guard.as_mut(), dirty) {
+            // Its new content is not in S3 yet: it goes up under the new name at close. The
+            // old name's object (the version being overwritten) goes now; an object under the
+            // new name stays until the new content replaces it.
+            writer.rehome(new_key.clone()).await?;
+            if !pending {
+                self.store.delete(&source_key).await?;
+            }
+        } else {
+            let opts = self.put_options(new_name, &attrs);
+            new_etag = self
+                .copy_object(&source_key, &new_key, attrs.size, &opts, false)
+                .await?;
+            self.store.delete(&source_key).await?;
+            if let Some(writer) = guard.as_mut() {
+                writer.set_key(new_key.clone());
+            }
+        }
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.move_entry(ino, new_parent, new_name, new_key, self.expiry());
+        if let Some(etag) = new_etag {
+            // A copy may carry a new ETag: record it, so listings keep matching this entry.
+            let attrs = Attributes {
+                etag: Some(etag),
+                ..attrs
+            };
+            inodes.set_attrs(ino, attrs, self.expiry());
+        }
+        if dirty {
+            // Until its commit the new name exists only in this mount.
+            inodes.set_pending(ino, true);
+        }
+        Ok(())
     }
 
     async fn rename_dir(&self, source_prefix: &str, dest_prefix: &str) -> FsResult<()> {
-        let busy = {
-            let writers = self.writers.lock().unwrap();
-            let inodes = self.inodes.lock().unwrap();
-            writers.keys().any(|ino| {
-                inodes
-                    .get(*ino)
-                    .is_some_and(|i| i.key.starts_with(source_prefix))
-            })
-        };
-        if busy {
+        if !self
+            .inodes
+            .lock()
+            .unwrap()
+            .writers_below(source_prefix)
+            .is_empty()
+        {
             return Err(FsError::Busy);
         }
         let mut objects = Vec::new();

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::error::{FsError, FsResult};
+use super::journal::UploadJournal;
 use crate::store::{ObjectStore, PutOptions, StoreResult, UploadedPart};
 
 /// S3's smallest part (all but the last) and largest part count.
@@ -42,6 +43,8 @@ pub fn part_size_for(base: u64, number: i32) -> u64 {
 struct Upload {
     id: String,
     next_number: i32,
+    /// Bytes sent (or copied) as parts so far, in part order.
+    bytes: u64,
     running: Vec<JoinHandle<StoreResult<UploadedPart>>>,
 }
 
@@ -57,6 +60,9 @@ enum State {
     NeedsTruncate,
     /// A background part upload failed; every later call reports it.
     Failed(FsError),
+    /// The file was unlinked, or another file was renamed over it, while open: its bytes have
+    /// no name to go to. Writes are accepted and dropped; nothing is uploaded.
+    Discarded,
 }
 
 pub struct FileWriter<S> {
@@ -72,8 +78,8 @@ pub struct FileWriter<S> {
     upload: Option<Upload>,
     done_parts: Vec<UploadedPart>,
     state: State,
-    /// Set when the file was unlinked while open: nothing is uploaded at close.
-    discarded: bool,
+    /// Where multipart uploads in flight are recorded, so a crash leaves no orphan unknown.
+    journal: Option<Arc<UploadJournal>>,
 }
 
 impl<S: ObjectStore> FileWriter<S> {
@@ -97,8 +103,14 @@ impl<S: ObjectStore> FileWriter<S> {
             upload: None,
             done_parts: Vec::new(),
             state: State::Open,
-            discarded: false,
+            journal: None,
         }
+    }
+
+    /// Records this writer's multipart uploads in `journal` while they are open.
+    pub fn with_journal(mut self, journal: Option<Arc<UploadJournal>>) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// A writer on an existing object of `size` bytes that was opened without `O_TRUNC`.
@@ -117,7 +129,9 @@ impl<S: ObjectStore> FileWriter<S> {
         &self.key
     }
 
+    /// Points a writer that has no multipart upload in progress at a new key (rename).
     pub fn set_key(&mut self, key: String) {
+        debug_assert!(self.upload.is_none());
         self.key = key;
     }
 
@@ -138,14 +152,127 @@ impl<S: ObjectStore> FileWriter<S> {
         matches!(self.state, State::Open | State::Failed(_))
     }
 
-    pub fn discard(&mut self) {
-        self.discarded = true;
+    /// True once an upload failed: the file's new content will never reach S3.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.state, State::Failed(_))
+    }
+
+    pub fn is_discarded(&self) -> bool {
+        self.state == State::Discarded
+    }
+
+    /// The file lost its name (unlink, or a rename over it): stops and aborts any upload now;
+    /// later writes are dropped and close uploads nothing.
+    pub async fn discard(&mut self) {
+        self.abort().await;
+        self.buffer = PartBuffer::default();
+        self.buffer_permit = None;
+        self.state = State::Discarded;
+    }
+
+    /// Moves the file being written to `new_key` (rename) without dropping a byte. Without a
+    /// multipart upload in progress only the key changes. With one, an upload cannot change
+    /// its key, so it is re-homed: the parts so far are completed under the old key, copied
+    /// server-side (UploadPartCopy) as the first parts of a new upload under `new_key`, and the
+    /// old key is deleted; writing then goes on into the new upload. The caller has removed
+    /// the old name, so the object briefly completed under it is not a name anyone keeps.
+    pub async fn rehome(&mut self, new_key: String) -> FsResult<()> {
+        if self.upload.is_none() {
+            self.key = new_key;
+            return Ok(());
+        }
+        match self.rehome_upload(&new_key).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e).await),
+        }
+    }
+
+    async fn rehome_upload(&mut self, new_key: &str) -> FsResult<()> {
+        self.drain_parts().await?;
+        let old = self.upload.take().expect("checked by the caller");
+        self.done_parts.sort_by_key(|p| p.number);
+        let parts = std::mem::take(&mut self.done_parts);
+        let uploaded = old.bytes;
+        let completed = self
+            .store
+            .complete_multipart(&self.key, &old.id, &parts)
+            .await;
+        if let Err(e) = completed {
+            self.upload = Some(old);
+            self.done_parts = parts;
+            return Err(e.into());
+        }
+        self.journal_forget(&old.id);
+        let old_key = std::mem::replace(&mut self.key, new_key.to_string());
+        let id = self.store.create_multipart(new_key, &self.opts).await?;
+        self.journal_record(new_key, &id);
+        self.upload = Some(Upload {
+            id: id.clone(),
+            next_number: 1,
+            bytes: uploaded,
+            running: Vec::new(),
+        });
+        // Copy parts of at most 5 GiB (S3's limit per UploadPartCopy), at least 5 MiB each
+        // since they start at part boundaries of at least that size.
+        let mut start = 0;
+        let mut number = 1;
+        while start < uploaded {
+            let end = (start + MAX_PART_SIZE).min(uploaded);
+            let part = self
+                .store
+                .upload_part_copy(new_key, &id, number, &old_key, start..end)
+                .await?;
+            self.done_parts.push(part);
+            start = end;
+            number += 1;
+        }
+        self.upload.as_mut().expect("set above").next_number = number.max(2);
+        if let Err(e) = self.store.delete(&old_key).await {
+            warn!(key = %old_key, "rename: removing the old name's partial object failed: {e}");
+        }
+        debug!(old_key, new_key, uploaded, "upload re-homed after rename");
+        Ok(())
+    }
+
+    /// Waits for every part upload in flight; the first failure is returned.
+    async fn drain_parts(&mut self) -> FsResult<()> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Ok(());
+        };
+        let mut first_error = None;
+        while !upload.running.is_empty() {
+            let result = joined((&mut upload.running[0]).await);
+            upload.running.remove(0);
+            match result {
+                Ok(part) => self.done_parts.push(part),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn journal_record(&self, key: &str, id: &str) {
+        if let Some(journal) = &self.journal {
+            journal.record(key, id);
+        }
+    }
+
+    fn journal_forget(&self, id: &str) {
+        if let Some(journal) = &self.journal {
+            journal.forget(id);
+        }
     }
 
     /// Appends `data` at `offset`, which must be the current end of the file.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
         match &self.state {
             State::Failed(e) => return Err(e.clone()),
+            State::Discarded => {
+                self.size = self.size.max(offset + data.len() as u64);
+                return Ok(data.len() as u32);
+            }
             State::NeedsTruncate => return Err(FsError::NotSupported),
             State::Committed if offset != 0 || self.size != 0 => {
                 // Continuing after close/fsync would need the committed bytes again.
@@ -241,37 +368,32 @@ impl<S: ObjectStore> FileWriter<S> {
     ) -> FsResult<()> {
         if self.upload.is_none() {
             let id = self.store.create_multipart(&self.key, &self.opts).await?;
+            self.journal_record(&self.key, &id);
             self.upload = Some(Upload {
                 id,
                 next_number: 1,
+                bytes: 0,
                 running: Vec::new(),
             });
         }
         let upload = self.upload.as_mut().expect("just created");
-        // Reap finished parts first so a failure surfaces at the next write.
-        let mut still_running = Vec::with_capacity(upload.running.len());
-        for handle in upload.running.drain(..) {
-            if handle.is_finished() {
-                let part = handle
-                    .await
-                    .map_err(|e| FsError::Io(format!("part upload task: {e}")))??;
-                self.done_parts.push(part);
-            } else {
-                still_running.push(handle);
-            }
+        // Reap finished parts first so a failure surfaces at the next write. Handles are only
+        // taken out once finished: one still running stays in the upload, where an abort
+        // cancels and awaits it (a dropped JoinHandle would leave its part uploading).
+        while let Some(i) = upload.running.iter().position(|h| h.is_finished()) {
+            let part = joined(upload.running.remove(i).await)?;
+            self.done_parts.push(part);
         }
-        upload.running = still_running;
         // Enough parts in flight per file to fill the pipe; more would only add memory.
         if upload.running.len() >= MAX_PARTS_IN_FLIGHT {
-            let oldest = upload.running.remove(0);
-            let part = oldest
-                .await
-                .map_err(|e| FsError::Io(format!("part upload task: {e}")))??;
+            let part = joined((&mut upload.running[0]).await)?;
+            upload.running.remove(0);
             self.done_parts.push(part);
         }
         let upload = self.upload.as_mut().expect("created above");
         let number = upload.next_number;
         upload.next_number += 1;
+        upload.bytes += body.len() as u64;
         let (store, key, id) = (self.store.clone(), self.key.clone(), upload.id.clone());
         upload.running.push(tokio::spawn(async move {
             let _permit = permit;
@@ -285,13 +407,8 @@ impl<S: ObjectStore> FileWriter<S> {
     pub async fn commit(&mut self) -> FsResult<Option<(u64, Option<String>)>> {
         match &self.state {
             State::Failed(e) => return Err(e.clone()),
-            State::Committed | State::NeedsTruncate => return Ok(None),
+            State::Committed | State::NeedsTruncate | State::Discarded => return Ok(None),
             State::Open => {}
-        }
-        if self.discarded {
-            self.abort().await;
-            self.state = State::Committed;
-            return Ok(None);
         }
         let result = self.finish().await;
         self.buffer_permit = None;
@@ -313,19 +430,14 @@ impl<S: ObjectStore> FileWriter<S> {
         if !rest.is_empty() {
             self.send_part(rest, None).await?;
         }
-        let upload = self.upload.as_mut().expect("checked above");
-        for handle in upload.running.drain(..) {
-            let part = handle
-                .await
-                .map_err(|e| FsError::Io(format!("part upload task: {e}")))??;
-            self.done_parts.push(part);
-        }
+        self.drain_parts().await?;
         self.done_parts.sort_by_key(|p| p.number);
-        let id = upload.id.clone();
+        let id = self.upload.as_ref().expect("checked above").id.clone();
         let etag = self
             .store
             .complete_multipart(&self.key, &id, &self.done_parts)
             .await?;
+        self.journal_forget(&id);
         self.upload = None;
         self.done_parts.clear();
         Ok(etag)
@@ -341,14 +453,20 @@ impl<S: ObjectStore> FileWriter<S> {
         Ok(())
     }
 
-    /// Stops and aborts any multipart upload in progress (best effort, logged).
+    /// Stops and aborts any multipart upload in progress. Part uploads still running are
+    /// cancelled and awaited first, so no part can land after AbortMultipartUpload. A failed
+    /// abort is logged, and the upload stays in the journal for the next mount to abort.
     pub async fn abort(&mut self) {
         if let Some(upload) = self.upload.take() {
-            for handle in upload.running {
+            for handle in &upload.running {
                 handle.abort();
             }
-            if let Err(e) = self.store.abort_multipart(&self.key, &upload.id).await {
-                warn!(key = %self.key, "aborting the multipart upload failed: {e}");
+            for handle in upload.running {
+                let _ = handle.await;
+            }
+            match self.store.abort_multipart(&self.key, &upload.id).await {
+                Ok(()) => self.journal_forget(&upload.id),
+                Err(e) => warn!(key = %self.key, "aborting the multipart upload failed: {e}"),
             }
         }
         self.done_parts.clear();
@@ -366,6 +484,16 @@ impl<S: ObjectStore> FileWriter<S> {
         };
         self.state = State::Failed(error.clone());
         error
+    }
+}
+
+/// The outcome of a finished part upload task.
+fn joined(
+    result: Result<StoreResult<UploadedPart>, tokio::task::JoinError>,
+) -> FsResult<UploadedPart> {
+    match result {
+        Ok(part) => Ok(part?),
+        Err(e) => Err(FsError::Io(format!("part upload task: {e}"))),
     }
 }
 
