@@ -711,3 +711,247 @@ async fn directory_rename_moves_every_key_across_listing_pages() {
         .unwrap();
     assert_eq!(store.inner().keys(), ["c/", "c/x/", "c/x/b/", "c/x/b/x/"]);
 }
+
+/// A filesystem with 5 MiB parts over a store that enforces S3's part rules.
+fn multipart_fs(keys: &[(&str, &[u8])]) -> (Arc<FaultyStore<MemoryStore>>, TestFs) {
+    let store = Arc::new(FaultyStore::new(
+        MemoryStore::with_page_size(3).with_min_part_size(write::MIN_PART_SIZE as usize),
+    ));
+    for (key, body) in keys {
+        store.inner().insert(key, body.to_vec());
+    }
+    let config = FsConfig {
+        write_part_size: write::MIN_PART_SIZE,
+        ..FsConfig::default()
+    };
+    (store.clone(), Fs::new(store, config))
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn write_at(fs: &TestFs, fh: u64, offset: u64, data: &[u8]) {
+    let mut at = offset;
+    for chunk in data.chunks(128 << 10) {
+        fs.write(fh, at, chunk).await.unwrap();
+        at += chunk.len() as u64;
+    }
+}
+
+#[tokio::test]
+async fn a_file_renamed_mid_multipart_upload_keeps_every_byte_under_its_new_name() {
+    let (store, fs) = multipart_fs(&[("w2.bin", b"replaced")]);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("w1.bin"), 0o644, ROOT)
+        .await
+        .unwrap();
+    let first = pattern(20 << 20, 1);
+    write_at(&fs, fh, 0, &first).await;
+    assert_eq!(store.inner().open_uploads(), 1, "a multipart upload runs");
+    fs.rename(
+        ROOT_INO,
+        OsStr::new("w1.bin"),
+        ROOT_INO,
+        OsStr::new("w2.bin"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        store.inner().get("w1.bin").is_none(),
+        "the old name is gone at once"
+    );
+    let second = pattern(1 << 20, 2);
+    write_at(&fs, fh, first.len() as u64, &second).await;
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    let mut expected = first;
+    expected.extend_from_slice(&second);
+    assert_eq!(store.inner().get("w2.bin").unwrap(), expected);
+    assert_eq!(store.inner().keys(), ["w2.bin"]);
+    assert_eq!(store.inner().open_uploads(), 0);
+    // Renamed twice, the second time with the upload re-homed already.
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("a"), 0o644, ROOT)
+        .await
+        .unwrap();
+    let data = pattern(12 << 20, 3);
+    write_at(&fs, fh, 0, &data[..6 << 20]).await;
+    fs.rename(ROOT_INO, OsStr::new("a"), ROOT_INO, OsStr::new("b"), false)
+        .await
+        .unwrap();
+    write_at(&fs, fh, 6 << 20, &data[6 << 20..11 << 20]).await;
+    fs.rename(ROOT_INO, OsStr::new("b"), ROOT_INO, OsStr::new("c"), false)
+        .await
+        .unwrap();
+    write_at(&fs, fh, 11 << 20, &data[11 << 20..]).await;
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(store.inner().get("c").unwrap(), data);
+    assert_eq!(store.inner().keys(), ["c", "w2.bin"]);
+    assert_eq!(store.inner().open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn an_overwrite_leaves_the_old_object_until_it_completes() {
+    let old = pattern(3 << 20, 9);
+    let (store, fs) = multipart_fs(&[("big", &old)]);
+    let f = lookup_path(&fs, "big").await.unwrap();
+    // As the kernel does for O_TRUNC: open without it, then SETATTR size 0.
+    let fh = fs.open(f.ino, libc::O_WRONLY).await.unwrap();
+    let truncate = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    fs.setattr(f.ino, truncate.clone()).await.unwrap();
+    write_at(&fs, fh, 0, &pattern(12 << 20, 4)).await;
+    assert_eq!(
+        store.inner().get("big").unwrap(),
+        old,
+        "untouched while writing"
+    );
+    // The writer fails: the old object survives, and the name shows it again.
+    store.fail(
+        Op::CompleteMultipart,
+        StoreError::Transient("500".into()),
+        1,
+    );
+    assert_eq!(fs.commit(fh).await.unwrap_err().errno(), libc::EIO);
+    fs.release(fh).await;
+    assert_eq!(store.inner().get("big").unwrap(), old);
+    assert_eq!(store.inner().open_uploads(), 0);
+    assert_eq!(read_all(&fs, "big").await.unwrap(), old);
+    // Abandoned (the handle never closed, as at a crash): still the old object.
+    let fh = fs.open(f.ino, libc::O_WRONLY).await.unwrap();
+    fs.setattr(f.ino, truncate).await.unwrap();
+    write_at(&fs, fh, 0, b"partial").await;
+    drop(fs);
+    assert_eq!(store.inner().get("big").unwrap(), old);
+}
+
+#[tokio::test]
+async fn a_failed_close_of_a_new_file_leaves_no_name_behind() {
+    let (store, fs) = fs_of(&[("kept", "x")]);
+    store.fail(Op::Put, StoreError::Transient("503".into()), 1);
+    assert_eq!(
+        write_file(&fs, "lost", b"data").await.unwrap_err().errno(),
+        libc::EIO
+    );
+    let names: Vec<String> = names_in(&fs, "", false)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, [".", "..", "kept"]);
+    assert_eq!(
+        lookup_path(&fs, "lost").await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    // The name is free for a new attempt, which works.
+    write_file(&fs, "lost", b"again").await.unwrap();
+    assert_eq!(read_all(&fs, "lost").await.unwrap(), b"again");
+}
+
+#[tokio::test]
+async fn only_one_of_two_concurrent_opens_for_writing_becomes_the_writer() {
+    let (_, fs) = fs_of(&[("f", "old")]);
+    let fs = Arc::new(fs);
+    let f = lookup_path(&fs, "f").await.unwrap();
+    for _ in 0..50 {
+        let (a, b) = tokio::join!(
+            fs.open(f.ino, libc::O_WRONLY | libc::O_TRUNC),
+            fs.open(f.ino, libc::O_WRONLY | libc::O_TRUNC)
+        );
+        let winners: Vec<u64> = [a.as_ref().ok(), b.as_ref().ok()]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(winners.len(), 1, "{a:?} {b:?}");
+        let loser = if a.is_err() { a } else { b };
+        assert_eq!(loser.unwrap_err().errno(), libc::EBUSY);
+        fs.commit(winners[0]).await.unwrap();
+        fs.release(winners[0]).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rename_over_a_file_open_for_writing_stops_that_writer() {
+    let (store, fs) = multipart_fs(&[("src", b"source")]);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("dst"), 0o644, ROOT)
+        .await
+        .unwrap();
+    write_at(&fs, fh, 0, &pattern(6 << 20, 5)).await;
+    fs.rename(
+        ROOT_INO,
+        OsStr::new("src"),
+        ROOT_INO,
+        OsStr::new("dst"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.inner().open_uploads(), 0, "its upload was aborted");
+    // It can go on writing, but nothing it writes lands anywhere.
+    write_at(&fs, fh, 6 << 20, b"more").await;
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(store.inner().keys(), ["dst"]);
+    assert_eq!(&store.inner().get("dst").unwrap()[..], b"source");
+    assert_eq!(read_all(&fs, "dst").await.unwrap(), b"source");
+}
+
+#[tokio::test]
+async fn unlinking_a_file_mid_multipart_upload_aborts_it_at_once() {
+    let (store, fs) = multipart_fs(&[]);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("tmp"), 0o644, ROOT)
+        .await
+        .unwrap();
+    write_at(&fs, fh, 0, &pattern(11 << 20, 6)).await;
+    fs.unlink(ROOT_INO, OsStr::new("tmp")).await.unwrap();
+    assert_eq!(store.inner().open_uploads(), 0);
+    write_at(&fs, fh, 11 << 20, b"tail").await;
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert!(store.inner().keys().is_empty());
+    assert_eq!(store.calls(Op::CompleteMultipart), 0);
+}
+
+#[tokio::test]
+async fn the_journal_lists_uploads_only_while_they_are_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(journal::UploadJournal::create(dir.path()).unwrap());
+    let (store, fs) = multipart_fs(&[]);
+    let fs = fs.with_journal(journal.clone());
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("big"), 0o644, ROOT)
+        .await
+        .unwrap();
+    write_at(&fs, fh, 0, &pattern(6 << 20, 7)).await;
+    assert_eq!(journal.in_flight(), 1);
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(journal.in_flight(), 0);
+    // A failed upload is aborted and leaves the journal too.
+    store.fail(Op::UploadPart, StoreError::Transient("reset".into()), 1);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("bad"), 0o644, ROOT)
+        .await
+        .unwrap();
+    let mut offset = 0;
+    for chunk in pattern(12 << 20, 8).chunks(1 << 20) {
+        if fs.write(fh, offset, chunk).await.is_err() {
+            break;
+        }
+        offset += chunk.len() as u64;
+    }
+    assert!(fs.commit(fh).await.is_err());
+    fs.release(fh).await;
+    assert_eq!(journal.in_flight(), 0);
+    assert_eq!(store.inner().open_uploads(), 0);
+}

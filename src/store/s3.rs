@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, MetadataDirective, ObjectCannedAcl,
+    CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective, ObjectCannedAcl,
     ServerSideEncryption, StorageClass,
 };
 
@@ -38,6 +38,16 @@ macro_rules! with_upload_options {
             .set_ssekms_key_id($opts.sse_kms_key_id.clone())
             .set_acl($opts.acl.as_deref().map(ObjectCannedAcl::from))
     };
+}
+
+/// A key from a listing with `EncodingType=url`: `+` is a space and `%XX` a byte (the form
+/// S3 and botocore use); `None` when the bytes are not UTF-8.
+fn url_decode(raw: &str) -> Option<String> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// `bucket/key` for the copy-source header, percent-encoded as S3 requires.
@@ -265,13 +275,28 @@ impl ObjectStore for S3Store {
         if delimited {
             request = request.delimiter("/");
         }
+        // URL-encoded keys: a key holding a character XML 1.0 cannot carry (such as \x01)
+        // would otherwise make the whole page unreadable.
+        request = request.encoding_type(EncodingType::Url);
         let out = request.send().await.map_err(classify)?;
+        // A server that ignores the request answers without EncodingType: keys are then raw.
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let name = |raw: &str| -> Option<String> {
+            if !encoded {
+                return Some(raw.to_string());
+            }
+            let decoded = url_decode(raw);
+            if decoded.is_none() {
+                tracing::debug!(raw, "listed key is not UTF-8 once decoded: hidden");
+            }
+            decoded
+        };
         let objects = out
             .contents()
             .iter()
             .filter_map(|o| {
                 Some(ObjectInfo {
-                    key: o.key()?.to_string(),
+                    key: name(o.key()?)?,
                     size: o.size().unwrap_or(0).max(0) as u64,
                     etag: o.e_tag().map(str::to_string),
                     last_modified: to_system_time(o.last_modified()),
@@ -283,7 +308,7 @@ impl ObjectStore for S3Store {
         let prefixes = out
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_string))
+            .filter_map(|p| name(p.prefix()?))
             .collect();
         let next_token = if out.is_truncated() == Some(true) {
             out.next_continuation_token().map(str::to_string)
@@ -513,7 +538,14 @@ impl ObjectStore for S3Store {
 
 #[cfg(test)]
 mod tests {
-    use super::copy_source;
+    use super::{copy_source, url_decode};
+
+    #[test]
+    fn listed_keys_are_url_decoded() {
+        assert_eq!(url_decode("a+b%2Bc%01d").as_deref(), Some("a b+c\u{1}d"));
+        assert_eq!(url_decode("caf%C3%A9/").as_deref(), Some("café/"));
+        assert_eq!(url_decode("bad%FF"), None, "not UTF-8: hidden");
+    }
 
     #[test]
     fn copy_sources_are_percent_encoded() {
