@@ -17,8 +17,9 @@ pub struct Cli {
     /// BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX/
     pub bucket: String,
 
-    /// Directory to mount on (must exist)
-    pub mountpoint: PathBuf,
+    /// Directory to mount on (must exist); not used with --list-uploads
+    #[arg(required_unless_present = "list_uploads")]
+    pub mountpoint: Option<PathBuf>,
 
     /// S3 endpoint URL for S3-compatible stores [env: AWS_ENDPOINT_URL, S3_ENDPOINT_URL]
     #[arg(long, value_name = "URL")]
@@ -145,9 +146,68 @@ pub struct Cli {
     #[arg(short = 'd', long)]
     pub debug: bool,
 
-    /// Write logs to this file (a daemonized bucketfs logs nowhere otherwise)
+    /// Write logs to this file [default: stderr in the foreground; STATE_DIR/log/BUCKET.log
+    /// when daemonized]
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+
+    /// Where bucketfs keeps its journal of multipart uploads in flight (so the next mount
+    /// aborts what a crash left) and the log of a daemonized mount [default:
+    /// $XDG_STATE_HOME/bucketfs, else ~/.local/state/bucketfs]
+    #[arg(long, value_name = "DIR", env = "BUCKETFS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Instead of mounting: list the incomplete multipart uploads under BUCKET[:PREFIX]
+    /// (left by crashed programs of any kind); nothing is changed without --abort-uploads
+    #[arg(long)]
+    pub list_uploads: bool,
+
+    /// With --list-uploads: only uploads started at least this long ago (90s, 30m, 24h, 7d)
+    #[arg(long, value_name = "AGE", value_parser = parse_age, default_value = "0s", requires = "list_uploads")]
+    pub older_than: std::time::Duration,
+
+    /// With --list-uploads: abort the uploads listed
+    #[arg(long, requires = "list_uploads")]
+    pub abort_uploads: bool,
+}
+
+impl Cli {
+    /// The state directory: --state-dir, else $XDG_STATE_HOME/bucketfs, else
+    /// ~/.local/state/bucketfs, else (no home) /var/lib/bucketfs.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(state) = var("XDG_STATE_HOME") {
+            return PathBuf::from(state).join("bucketfs");
+        }
+        match var("HOME") {
+            Some(home) => PathBuf::from(home).join(".local/state/bucketfs"),
+            None => PathBuf::from("/var/lib/bucketfs"),
+        }
+    }
+}
+
+/// An age like 90s, 30m, 24h or 7d (a bare number is seconds).
+fn parse_age(value: &str) -> Result<std::time::Duration, String> {
+    let value = value.trim();
+    let (digits, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{value}' is not an age like 24h"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("'{value}': unknown unit (use s, m, h or d)")),
+    };
+    Ok(std::time::Duration::from_secs(number * seconds))
 }
 
 fn parse_octal(value: &str) -> Result<u32, String> {
@@ -197,6 +257,9 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("8X").is_err());
         assert_eq!(parse_octal("644"), Ok(0o644));
+        assert_eq!(parse_age("24h"), Ok(std::time::Duration::from_secs(86400)));
+        assert_eq!(parse_age("90"), Ok(std::time::Duration::from_secs(90)));
+        assert!(parse_age("3w").is_err());
         assert!(parse_octal("999").is_err());
     }
 
@@ -206,5 +269,10 @@ mod tests {
         assert!(cli.read_only && cli.foreground);
         assert_eq!(cli.file_mode, 0o644);
         assert!(Cli::try_parse_from(["bucketfs", "b"]).is_err());
+        let list =
+            Cli::try_parse_from(["bucketfs", "--list-uploads", "b:p/", "--older-than", "1h"])
+                .unwrap();
+        assert!(list.list_uploads && list.mountpoint.is_none() && !list.abort_uploads);
+        assert!(Cli::try_parse_from(["bucketfs", "b", "/mnt", "--abort-uploads"]).is_err());
     }
 }

@@ -89,9 +89,11 @@ impl Config {
     /// files) unless given by flag or environment.
     pub fn resolve(cli: &Cli) -> Result<Self, ConfigError> {
         let target = parse_target(&cli.bucket)?;
-        let mountpoint = cli.mountpoint.clone();
+        // --list-uploads mounts nothing.
+        let mountpoint = cli.mountpoint.clone().unwrap_or_default();
         let shown = mountpoint.display().to_string();
         match std::fs::metadata(&mountpoint) {
+            _ if cli.list_uploads => {}
             Err(_) => return Err(ConfigError::MountpointMissing(shown)),
             Ok(meta) if !meta.is_dir() => return Err(ConfigError::MountpointNotDir(shown)),
             Ok(_) => {}

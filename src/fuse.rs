@@ -84,6 +84,15 @@ fn process_of(pid: u32) -> u32 {
         .unwrap_or(pid)
 }
 
+/// True while process `pid` runs (a zombie has ended).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        !status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
+}
+
 impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<Fs<S>>, runtime: Handle) -> Self {
         Self {
@@ -437,12 +446,16 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyEmpty,
     ) {
         // close(): returns only once S3 holds what was written, or with the error. A close by
-        // another process sharing the descriptor (a child after fork, which closes inherited
-        // descriptors at exec) does not end the upload: the opener goes on writing, and its
-        // own close (or the last close) uploads.
+        // another process sharing the descriptor while the opener still runs (a child after
+        // fork, which closes inherited descriptors at exec) does not end the upload: the
+        // opener goes on writing, and its own close uploads. Once the opener is gone, a close
+        // by any process may be the last one, so it uploads and returns the result.
         let opener = self.openers.lock().unwrap().get(&fh.0).copied();
-        if opener.is_some_and(|o| o != process_of(req.pid())) {
-            debug!(fh = fh.0, "close by another process: upload deferred");
+        if opener.is_some_and(|o| o != process_of(req.pid()) && process_alive(o)) {
+            debug!(
+                fh = fh.0,
+                "close by another process while the opener runs: upload deferred"
+            );
             return reply.ok();
         }
         let fs = self.fs.clone();

@@ -13,3 +13,4 @@ pub mod logging;
 pub mod mount;
 pub mod store;
 pub mod testdata;
+pub mod uploads;

@@ -6,7 +6,7 @@ use bucketfs::daemon::{self, Ready};
 fn main() {
     let cli = Cli::parse();
     let ready = Ready::from_env();
-    if !cli.foreground && ready.is_terminal() {
+    if !cli.foreground && !cli.list_uploads && ready.is_terminal() {
         daemon::daemonize();
     }
     std::process::exit(bucketfs::mount::run(cli, ready));

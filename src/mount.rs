@@ -19,11 +19,30 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs bucketfs in this process until the mount ends; reports the mount's outcome to `ready`.
 pub fn run(cli: Cli, ready: Ready) -> i32 {
-    let log_file = cli.log_file.as_deref();
-    if let Err(message) = crate::logging::init(cli.debug, log_file) {
+    // A daemonized mount has no terminal: it logs to a file under the state directory.
+    let default_log = (!ready.is_terminal() && !cli.list_uploads).then(|| {
+        let name: String = cli
+            .bucket
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        cli.state_dir().join("log").join(format!("{name}.log"))
+    });
+    let log_file = cli.log_file.clone().or(default_log);
+    if let Some(dir) = log_file.as_deref().and_then(std::path::Path::parent) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(message) = crate::logging::init(cli.debug, log_file.as_deref()) {
         ready.failure(&message);
         return 1;
     }
+    let logs_to_file = log_file.is_some();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bucketfs-io")
@@ -45,24 +64,46 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
     let (config, store) = match prepared {
         Ok(ok) => ok,
         Err(message) => {
-            report_failure(ready, cli.log_file.is_some(), &message);
+            report_failure(ready, logs_to_file, &message);
+            return 1;
+        }
+    };
+    if cli.list_uploads {
+        return list_uploads(&runtime, &store, &config, &cli);
+    }
+    let scope = crate::uploads::journal_scope(
+        &cli.state_dir(),
+        config.s3.endpoint_url.as_deref(),
+        &config.target.bucket,
+        &config.target.prefix,
+    );
+    let journal = runtime.block_on(crate::uploads::recover_and_start_journal(&store, &scope));
+    let journal = match journal {
+        Ok((journal, aborted)) => {
+            if aborted > 0 {
+                info!(aborted, "incomplete uploads of a previous bucketfs aborted");
+            }
+            journal
+        }
+        Err(message) => {
+            report_failure(ready, logs_to_file, &message);
             return 1;
         }
     };
 
-    let fs = Arc::new(Fs::new(Arc::new(store), config.fs.clone()));
-    let adapter = FuseAdapter::new(fs, runtime.handle().clone());
+    let fs = Arc::new(Fs::new(Arc::new(store), config.fs.clone()).with_journal(journal));
+    let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     let mut session = match fuser::Session::new(adapter, &config.mountpoint, &fuse_config(&config))
     {
         Ok(session) => session,
         Err(e) => {
             let message = mount_error_message(&config, &e);
-            report_failure(ready, cli.log_file.is_some(), &message);
+            report_failure(ready, logs_to_file, &message);
             return 1;
         }
     };
-    let mut unmounter = session.unmount_callable();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let unmounter = session.unmount_callable();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let session_thread = std::thread::Builder::new()
         .name("bucketfs-fuse".into())
         .spawn(move || {
@@ -94,25 +135,101 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
         );
     }
 
-    runtime.block_on(async {
+    let signalled = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("install SIGTERM handler");
         tokio::select! {
-            _ = done_rx => info!("unmounted"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT: unmounting"),
-            _ = term.recv() => info!("SIGTERM: unmounting"),
+            _ = &mut done_rx => { info!("unmounted"); false }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: storing open files, then unmounting"); true }
+            _ = term.recv() => { info!("SIGTERM: storing open files, then unmounting"); true }
         }
     });
-    if let Err(e) = unmounter.unmount() {
-        error!("unmount failed: {e} (busy? close open files, then fusermount3 -u)");
+    if !signalled {
+        return match session_thread.join() {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
+                error!("FUSE session ended with an error: {e}");
+                1
+            }
+            Err(_) => 1,
+        };
     }
-    match session_thread.join() {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            error!("FUSE session ended with an error: {e}");
+    shutdown(&runtime, &fs, &config, unmounter, done_rx)
+}
+
+/// How long a shutdown waits for open files to be stored.
+const SHUTDOWN_COMMIT_WAIT: Duration = Duration::from_secs(60);
+/// How long it then waits for the FUSE session to end after the unmount.
+const SHUTDOWN_SESSION_WAIT: Duration = Duration::from_secs(10);
+
+/// SIGTERM/SIGINT: new writes are refused, files open for writing are stored (bounded wait),
+/// the mount goes (lazily when busy), and the exit status says whether everything written
+/// reached S3. Never hangs.
+fn shutdown<S: ObjectStore>(
+    runtime: &tokio::runtime::Runtime,
+    fs: &Arc<Fs<S>>,
+    config: &Config,
+    mut unmounter: fuser::SessionUnmounter,
+    done_rx: tokio::sync::oneshot::Receiver<()>,
+) -> i32 {
+    fs.begin_shutdown();
+    let failed = match runtime.block_on(tokio::time::timeout(SHUTDOWN_COMMIT_WAIT, fs.commit_all()))
+    {
+        Ok(failed) => failed,
+        Err(_) => {
+            error!(
+                "open files were still being stored after {}s",
+                SHUTDOWN_COMMIT_WAIT.as_secs()
+            );
+            fs.open_for_writing()
+        }
+    };
+    if let Err(e) = unmounter.unmount() {
+        info!("unmount: {e}; the mount is busy, detaching it lazily");
+        let lazy = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&config.mountpoint)
+            .status();
+        if !lazy.is_ok_and(|s| s.success()) {
+            error!("lazy unmount of {} failed", config.mountpoint.display());
+        }
+    }
+    let ended = runtime.block_on(tokio::time::timeout(SHUTDOWN_SESSION_WAIT, done_rx));
+    if ended.is_err() {
+        info!("the FUSE session is still busy; exiting (open files there get ENOTCONN)");
+    }
+    if failed.is_empty() {
+        info!("every file written was stored; exiting");
+        0
+    } else {
+        error!(files = ?failed, "exiting with files that could not be stored in S3");
+        eprintln!("bucketfs: could not store in S3: {}", failed.join(", "));
+        1
+    }
+}
+
+/// `--list-uploads`: lists (and with `--abort-uploads` aborts) incomplete uploads.
+fn list_uploads<S: ObjectStore>(
+    runtime: &tokio::runtime::Runtime,
+    store: &S,
+    config: &Config,
+    cli: &Cli,
+) -> i32 {
+    let mut stdout = std::io::stdout();
+    let listed = runtime.block_on(crate::uploads::list_and_abort(
+        store,
+        &config.target.prefix,
+        cli.older_than,
+        cli.abort_uploads,
+        &mut stdout,
+    ));
+    match listed {
+        Ok(_) => 0,
+        Err(message) => {
+            eprintln!("bucketfs: {message}");
             1
         }
-        Err(_) => 1,
     }
 }
 

@@ -195,6 +195,8 @@ pub struct Fs<S> {
     /// Level 3: open directory handles.
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     journal: Option<Arc<UploadJournal>>,
+    /// Set at SIGTERM/SIGINT: every change is refused from then on (EROFS).
+    shutting_down: std::sync::atomic::AtomicBool,
     next_handle: AtomicU64,
     mount_time: SystemTime,
 }
@@ -221,6 +223,7 @@ impl<S: ObjectStore> Fs<S> {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             journal: None,
+            shutting_down: Default::default(),
             next_handle: AtomicU64::new(1),
             mount_time,
         }
@@ -609,6 +612,27 @@ impl<S: ObjectStore> Fs<S> {
                 attrs: inode.attrs.clone(),
             })
             .collect()
+    }
+
+    /// Shutdown begins: no new change is accepted.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Keys of the files open for writing now (diagnostics, shutdown).
+    pub fn open_for_writing(&self) -> Vec<String> {
+        let inodes = self.inodes.lock().unwrap();
+        let mut keys: Vec<String> = inodes
+            .all_writers()
+            .into_iter()
+            .filter_map(|(ino, _)| inodes.get(ino).map(|i| i.key.clone()))
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Number of inodes the table holds (tests and diagnostics).

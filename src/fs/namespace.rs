@@ -45,7 +45,7 @@ pub struct SetAttr {
 
 impl<S: ObjectStore> Fs<S> {
     fn check_writable(&self) -> FsResult<()> {
-        if self.config.read_only {
+        if self.config.read_only || self.is_shutting_down() {
             Err(FsError::ReadOnly)
         } else {
             Ok(())

@@ -170,6 +170,11 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.inner.abort_multipart(key, upload_id).await
     }
 
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<super::PendingUpload>> {
+        self.check(Op::List)?;
+        self.inner.list_uploads(prefix).await
+    }
+
     async fn copy(
         &self,
         source: &str,

@@ -23,6 +23,7 @@ struct StoredObject {
 
 struct Upload {
     key: String,
+    initiated: SystemTime,
     opts: PutOptions,
     parts: BTreeMap<i32, Bytes>,
 }
@@ -219,6 +220,7 @@ impl ObjectStore for MemoryStore {
             id.clone(),
             Upload {
                 key: key.to_string(),
+                initiated: SystemTime::now(),
                 opts: opts.clone(),
                 parts: BTreeMap::new(),
             },
@@ -286,8 +288,26 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
-        self.uploads.lock().unwrap().remove(upload_id);
-        Ok(())
+        match self.uploads.lock().unwrap().remove(upload_id) {
+            Some(_) => Ok(()),
+            // S3 answers 404 NoSuchUpload.
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<super::PendingUpload>> {
+        let uploads = self.uploads.lock().unwrap();
+        let mut found: Vec<_> = uploads
+            .iter()
+            .filter(|(_, u)| u.key.starts_with(prefix))
+            .map(|(id, u)| super::PendingUpload {
+                key: u.key.clone(),
+                upload_id: id.clone(),
+                initiated: u.initiated,
+            })
+            .collect();
+        found.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+        Ok(found)
     }
 
     async fn copy(

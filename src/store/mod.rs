@@ -78,6 +78,14 @@ pub struct PutOptions {
     pub acl: Option<String>,
 }
 
+/// A multipart upload neither completed nor aborted (ListMultipartUploads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: SystemTime,
+}
+
 /// One uploaded part of a multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadedPart {
@@ -155,6 +163,9 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Aborts an upload, dropping its parts.
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+
+    /// Every upload under `prefix` that is neither completed nor aborted (all pages).
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>>;
 
     /// Server-side copy of an object up to 5 GiB (CopyObject), with the mount's storage class,
     /// encryption and ACL from `opts`. With `replace_metadata` the copy gets `opts`' content

@@ -505,6 +505,41 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<super::PendingUpload>> {
+        let mut found = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let _permit = self.connection().await;
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            for upload in out.uploads() {
+                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                    found.push(super::PendingUpload {
+                        key: key.to_string(),
+                        upload_id: id.to_string(),
+                        initiated: to_system_time(upload.initiated()),
+                    });
+                }
+            }
+            if out.is_truncated() != Some(true) {
+                return Ok(found);
+            }
+            key_marker = out.next_key_marker().map(str::to_string);
+            id_marker = out.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(found);
+            }
+        }
+    }
+
     async fn copy(
         &self,
         source: &str,
