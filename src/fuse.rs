@@ -460,7 +460,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         }
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
-            match fs.commit(fh.0).await {
+            match fs.flush(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }

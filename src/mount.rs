@@ -173,8 +173,9 @@ fn shutdown<S: ObjectStore>(
     done_rx: tokio::sync::oneshot::Receiver<()>,
 ) -> i32 {
     fs.begin_shutdown();
-    let failed = match runtime.block_on(tokio::time::timeout(SHUTDOWN_COMMIT_WAIT, fs.commit_all()))
-    {
+    let committed = runtime
+        .block_on(async { tokio::time::timeout(SHUTDOWN_COMMIT_WAIT, fs.commit_all()).await });
+    let failed = match committed {
         Ok(failed) => failed,
         Err(_) => {
             error!(
@@ -195,7 +196,8 @@ fn shutdown<S: ObjectStore>(
             error!("lazy unmount of {} failed", config.mountpoint.display());
         }
     }
-    let ended = runtime.block_on(tokio::time::timeout(SHUTDOWN_SESSION_WAIT, done_rx));
+    let ended =
+        runtime.block_on(async { tokio::time::timeout(SHUTDOWN_SESSION_WAIT, done_rx).await });
     if ended.is_err() {
         info!("the FUSE session is still busy; exiting (open files there get ENOTCONN)");
     }

@@ -338,6 +338,26 @@ impl<S: ObjectStore> Fs<S> {
         self.commit_writer(ino, &writer).await
     }
 
+    /// close(): commits like fsync, except while nothing has been written since the open or
+    /// truncate. Programs often close a duplicate right after opening (dd reopens its output
+    /// onto stdout and closes the first descriptor), and committing then would replace the
+    /// old object with an empty one before a byte of the new content exists: a crash would
+    /// leave nothing. An empty new content is committed at the last close (release) instead.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let (ino, handle) = self.handle(fh)?;
+        let FileHandle::Write(writer) = handle else {
+            return Ok(());
+        };
+        if writer.lock().await.is_empty_replacement() {
+            debug!(
+                fh,
+                "close with nothing written yet: committed at the last close"
+            );
+            return Ok(());
+        }
+        self.commit_writer(ino, &writer).await
+    }
+
     async fn commit_writer(&self, ino: u64, writer: &super::SharedWriter<S>) -> FsResult<()> {
         let mut guard = writer.lock().await;
         let committed = match guard.commit().await {

@@ -955,3 +955,31 @@ async fn the_journal_lists_uploads_only_while_they_are_in_flight() {
     assert_eq!(journal.in_flight(), 0);
     assert_eq!(store.inner().open_uploads(), 0);
 }
+
+#[tokio::test]
+async fn a_close_right_after_a_truncating_open_keeps_the_old_object_until_the_last_close() {
+    let (store, fs) = fs_of(&[("f", "old content")]);
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs.open(f.ino, libc::O_WRONLY).await.unwrap();
+    let truncate = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    fs.setattr(f.ino, truncate).await.unwrap();
+    // dd closes a duplicate of its output right after opening it.
+    fs.flush(fh).await.unwrap();
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"old content");
+    fs.write(fh, 0, b"new").await.unwrap();
+    fs.flush(fh).await.unwrap();
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"new");
+    fs.release(fh).await;
+    // `: > f`: open, truncate, close: the empty object arrives at the last close.
+    let fh = fs
+        .open(f.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    fs.flush(fh).await.unwrap();
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"new");
+    fs.release(fh).await;
+    assert!(store.inner().get("f").unwrap().is_empty());
+}

@@ -152,6 +152,12 @@ impl<S: ObjectStore> FileWriter<S> {
         matches!(self.state, State::Open | State::Failed(_))
     }
 
+    /// True when the new content is empty so far: nothing written since the open (of a new
+    /// file, or with a truncate to 0).
+    pub fn is_empty_replacement(&self) -> bool {
+        self.state == State::Open && self.size == 0
+    }
+
     /// True once an upload failed: the file's new content will never reach S3.
     pub fn is_failed(&self) -> bool {
         matches!(self.state, State::Failed(_))

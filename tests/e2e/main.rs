@@ -5,4 +5,5 @@
 mod cli;
 mod read;
 mod support;
+mod trust;
 mod write;

@@ -215,6 +215,44 @@ impl TestBucket {
         })
     }
 
+    /// Multipart uploads neither completed nor aborted: (key, upload id).
+    pub fn open_uploads(&self) -> Vec<(String, String)> {
+        runtime().block_on(async {
+            let out = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.name)
+                .send()
+                .await
+                .expect("list multipart uploads");
+            out.uploads()
+                .iter()
+                .map(|u| {
+                    (
+                        u.key().unwrap_or_default().to_string(),
+                        u.upload_id().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Starts a multipart upload as a crashed program would leave it; returns its id.
+    pub fn start_upload(&self, key: &str) -> String {
+        runtime()
+            .block_on(
+                self.client
+                    .create_multipart_upload()
+                    .bucket(&self.name)
+                    .key(key)
+                    .send(),
+            )
+            .expect("create multipart upload")
+            .upload_id()
+            .expect("upload id")
+            .to_string()
+    }
+
     /// Every key the server holds, in order.
     pub fn keys(&self) -> Vec<String> {
         runtime().block_on(async {
@@ -293,6 +331,8 @@ pub fn unmount(dir: &Path) {
 pub struct Mount {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The state directory (upload journal) when the mount made its own.
+    own_state: Option<PathBuf>,
 }
 
 impl Mount {
@@ -311,11 +351,19 @@ impl Mount {
             .tempdir()
             .expect("temp mountpoint");
         let log = dir.path().with_extension("log");
+        // Each mount keeps its journal apart unless the test shares one on purpose.
+        let own_state =
+            (!extra_args.contains(&"--state-dir")).then(|| dir.path().with_extension("state"));
+        let state_args: Vec<String> = match &own_state {
+            Some(state) => vec!["--state-dir".into(), state.display().to_string()],
+            None => Vec::new(),
+        };
         let child = Command::new(bucketfs_bin())
             .arg(bucket)
             .arg(dir.path())
             .arg("-f")
             .args(extra_args)
+            .args(&state_args)
             .envs(env_for(endpoint))
             .env("RUST_LOG", "bucketfs=debug")
             .stdout(Stdio::null())
@@ -325,6 +373,7 @@ impl Mount {
         let mut mount = Mount {
             dir,
             child: Some(child),
+            own_state,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(mount.path()) {
@@ -353,6 +402,32 @@ impl Mount {
         self.dir.path().join(rel)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` to the bucketfs process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of our own child.
+        let rc = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits up to `timeout` for bucketfs to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// What the mount has logged so far (at debug level).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().with_extension("log")).unwrap_or_default()
@@ -375,6 +450,9 @@ impl Drop for Mount {
                     _ => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
+        }
+        if let Some(state) = &self.own_state {
+            let _ = std::fs::remove_dir_all(state);
         }
         let log = self.dir.path().with_extension("log");
         if std::thread::panicking() {
