@@ -69,6 +69,7 @@ pub struct FuseAdapter<S> {
     openers: Arc<Mutex<HashMap<u64, u32>>>,
     readdir_batch: Arc<LearnedBatch>,
     readdirplus_batch: Arc<LearnedBatch>,
+    mountpoint: Arc<std::sync::OnceLock<std::path::PathBuf>>,
 }
 
 /// The process (thread group) a request's thread belongs to.
@@ -101,7 +102,36 @@ impl<S: ObjectStore> FuseAdapter<S> {
             openers: Arc::new(Mutex::new(HashMap::new())),
             readdir_batch: Arc::new(LearnedBatch::new(128, 4096)),
             readdirplus_batch: Arc::new(LearnedBatch::new(32, 1024)),
+            mountpoint: Default::default(),
         }
+    }
+
+    /// The directory the kernel mounted us on (set once the mount is live).
+    pub fn set_mountpoint(&self, path: std::path::PathBuf) {
+        let _ = self.mountpoint.set(path);
+    }
+
+    /// True when process `pid` still holds a descriptor of inode `ino` of this mount. At
+    /// flush time the closing descriptor has already left the process's table.
+    fn holds_another_descriptor(&self, pid: u32, ino: u64) -> bool {
+        let Some(mountpoint) = self.mountpoint.get() else {
+            return false;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            let same_ino = std::fs::read_to_string(fd.path()).is_ok_and(|info| {
+                info.lines()
+                    .any(|l| l.strip_prefix("ino:").map(str::trim) == Some(&ino.to_string()))
+            });
+            same_ino
+                && std::fs::read_link(format!(
+                    "/proc/{pid}/fd/{}",
+                    fd.file_name().to_string_lossy()
+                ))
+                .is_ok_and(|target| target.starts_with(mountpoint))
+        })
     }
 
     /// The error for operations S3 has no form for: EROFS on a read-only mount, else EOPNOTSUPP.
@@ -440,7 +470,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn flush(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
@@ -458,9 +488,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             );
             return reply.ok();
         }
+        // Only for a file with nothing written yet does it matter whether this close is of a
+        // duplicate (see `Fs::flush`); only then is /proc read.
+        let others =
+            self.fs.is_empty_replacement(fh.0) && self.holds_another_descriptor(req.pid(), ino.0);
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(fh.0, others).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }

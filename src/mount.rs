@@ -93,6 +93,10 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
 
     let fs = Arc::new(Fs::new(Arc::new(store), config.fs.clone()).with_journal(journal));
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
+    // Paths of open files, as /proc shows them, start with the canonical mountpoint.
+    adapter.set_mountpoint(
+        std::fs::canonicalize(&config.mountpoint).unwrap_or_else(|_| config.mountpoint.clone()),
+    );
     let mut session = match fuser::Session::new(adapter, &config.mountpoint, &fuse_config(&config))
     {
         Ok(session) => session,

@@ -74,9 +74,14 @@ pub const SNAPSHOT_MAX_NAMES: usize = 1000;
 /// lookup of a name that is not there is answered with no request while the set is fresh. This
 /// is what makes creating files fast: the kernel holds the directory locked across the lookup
 /// that precedes every `O_CREAT`, so that lookup's round trip would serialize all creators.
+///
+/// A listing runs while the mount changes names; a listing that started before a change must
+/// not overwrite what the change recorded. So every change bumps an epoch, and a listing's
+/// names are only kept when no change happened since it started (`epoch` before, `set` after).
 pub struct DirSnapshots {
     ttl: Duration,
     entries: Mutex<LruCache<u64, (Instant, HashSet<String>)>>,
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// What a snapshot says about a name.
@@ -97,12 +102,26 @@ impl DirSnapshots {
             entries: Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity.max(1)).expect("non-zero"),
             )),
+            epoch: Default::default(),
         }
     }
 
-    /// Records the complete names of `dir` (ignored when too many, or with a TTL of 0).
-    pub fn set(&self, dir: u64, names: HashSet<String>) {
+    /// The current epoch: take it before listing, pass it to `set`.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Records the complete names of `dir` as listed from `epoch` on (ignored when a change
+    /// happened since, when too many, or with a TTL of 0).
+    pub fn set(&self, dir: u64, names: HashSet<String>, epoch: u64) {
         let mut entries = self.entries.lock().unwrap();
+        if self.epoch() != epoch {
+            return;
+        }
         if self.ttl.is_zero() || names.len() > SNAPSHOT_MAX_NAMES {
             entries.pop(&dir);
             return;
@@ -123,6 +142,7 @@ impl DirSnapshots {
     /// This mount added `name` to `dir`.
     pub fn add(&self, dir: u64, name: &str) {
         let mut entries = self.entries.lock().unwrap();
+        self.changed();
         if let Some((_, names)) = entries.get_mut(&dir) {
             names.insert(name.to_string());
             if names.len() > SNAPSHOT_MAX_NAMES {
@@ -133,13 +153,17 @@ impl DirSnapshots {
 
     /// This mount removed `name` from `dir`.
     pub fn remove(&self, dir: u64, name: &str) {
-        if let Some((_, names)) = self.entries.lock().unwrap().get_mut(&dir) {
+        let mut entries = self.entries.lock().unwrap();
+        self.changed();
+        if let Some((_, names)) = entries.get_mut(&dir) {
             names.remove(name);
         }
     }
 
     pub fn forget(&self, dir: u64) {
-        self.entries.lock().unwrap().pop(&dir);
+        let mut entries = self.entries.lock().unwrap();
+        self.changed();
+        entries.pop(&dir);
     }
 }
 
@@ -239,7 +263,7 @@ mod tests {
     fn directory_snapshots_answer_until_stale() {
         let snapshots = DirSnapshots::new(10, Duration::from_millis(50));
         assert_eq!(snapshots.answer(7, "a"), SnapshotAnswer::Unknown);
-        snapshots.set(7, HashSet::from(["a".to_string()]));
+        snapshots.set(7, HashSet::from(["a".to_string()]), snapshots.epoch());
         assert_eq!(snapshots.answer(7, "a"), SnapshotAnswer::Present);
         assert_eq!(snapshots.answer(7, "b"), SnapshotAnswer::Absent);
         snapshots.add(7, "b");
@@ -249,7 +273,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(snapshots.answer(7, "b"), SnapshotAnswer::Stale);
         let big: HashSet<String> = (0..=SNAPSHOT_MAX_NAMES).map(|i| i.to_string()).collect();
-        snapshots.set(8, big);
+        snapshots.set(8, big, snapshots.epoch());
         assert_eq!(
             snapshots.answer(8, "x"),
             SnapshotAnswer::Unknown,

@@ -31,6 +31,8 @@ pub struct Inode<W> {
     writer: Option<Arc<W>>,
     /// Created in this mount and not yet in S3: readdir of the parent shows it from here.
     pending: bool,
+    /// Where this file's renamed-away multipart upload will complete (held busy).
+    displaced: Option<String>,
 }
 
 impl<W> Inode<W> {
@@ -57,6 +59,10 @@ pub struct InodeTable<W> {
     children: HashMap<(u64, String), u64>,
     /// Pending inodes by parent: an index of `Inode::pending`, maintained only by this table.
     pending: HashMap<u64, HashSet<u64>>,
+    /// Keys no new writer may take, with a count of who holds each: names a rename or unlink
+    /// is moving (a prefix ending in `/` covers a directory), and keys where a renamed file's
+    /// multipart upload will still complete (see `FileWriter::displaced_key`).
+    busy: HashMap<String, usize>,
 }
 
 impl<W> InodeTable<W> {
@@ -71,12 +77,14 @@ impl<W> InodeTable<W> {
             lookups: 1,
             writer: None,
             pending: false,
+            displaced: None,
         };
         Self {
             next_ino: ROOT_INO + 1,
             inodes: HashMap::from([(ROOT_INO, root)]),
             children: HashMap::new(),
             pending: HashMap::new(),
+            busy: HashMap::new(),
         }
     }
 
@@ -132,6 +140,7 @@ impl<W> InodeTable<W> {
                         lookups: 0,
                         writer: None,
                         pending: false,
+                        displaced: None,
                     },
                 );
                 self.children.insert(map_key, ino);
@@ -169,6 +178,8 @@ impl<W> InodeTable<W> {
         expires: Instant,
     ) {
         let Some(inode) = self.inodes.get(&ino) else {
+            // Forgotten meanwhile: the new name's old entry must still go.
+            self.detach(new_parent, new_name);
             return;
         };
         let old = (inode.parent, inode.name.clone());
@@ -191,10 +202,15 @@ impl<W> InodeTable<W> {
             .insert((new_parent, new_name.to_string()), ino);
     }
 
-    /// Makes `writer` the one writer of `ino`, unless it has one already (then `false`).
+    /// Makes `writer` the one writer of `ino`, unless it has one already or its key is busy
+    /// (then `false`).
     pub fn claim_writer(&mut self, ino: u64, writer: Arc<W>) -> bool {
+        let busy = self
+            .inodes
+            .get(&ino)
+            .is_some_and(|i| self.key_is_busy(&i.key));
         match self.inodes.get_mut(&ino) {
-            Some(inode) if inode.writer.is_none() => {
+            Some(inode) if inode.writer.is_none() && !busy => {
                 inode.writer = Some(writer);
                 true
             }
@@ -202,18 +218,70 @@ impl<W> InodeTable<W> {
         }
     }
 
+    /// Replaces the writer of `ino` (the caller checked the old one may hand over).
+    pub fn replace_writer(&mut self, ino: u64, writer: Arc<W>) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.writer = Some(writer);
+        }
+        self.set_displaced(ino, None);
+    }
+
     /// Drops the writer of `ino` if it is still `writer` (a later writer is left alone).
     pub fn release_writer(&mut self, ino: u64, writer: &Arc<W>) {
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            if inode
-                .writer
-                .as_ref()
-                .is_some_and(|w| Arc::ptr_eq(w, writer))
-            {
+        if self.is_writer_of(ino, writer) {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
                 inode.writer = None;
             }
+            self.set_displaced(ino, None);
         }
         self.remove_if_unused(ino);
+    }
+
+    /// True when `writer` is the writer of `ino`.
+    pub fn is_writer_of(&self, ino: u64, writer: &Arc<W>) -> bool {
+        self.inodes
+            .get(&ino)
+            .and_then(|i| i.writer.as_ref())
+            .is_some_and(|w| Arc::ptr_eq(w, writer))
+    }
+
+    /// No new writer may take `key` (or, ending in `/`, any key below it) until unmarked.
+    pub fn mark_busy(&mut self, key: &str) {
+        *self.busy.entry(key.to_string()).or_default() += 1;
+    }
+
+    pub fn unmark_busy(&mut self, key: &str) {
+        if let Some(count) = self.busy.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.busy.remove(key);
+            }
+        }
+    }
+
+    pub fn key_is_busy(&self, key: &str) -> bool {
+        self.busy.contains_key(key)
+            || self
+                .busy
+                .keys()
+                .any(|b| b.ends_with('/') && key.starts_with(b.as_str()))
+    }
+
+    /// Records where `ino`'s renamed-away upload completes (`None`: nowhere any more).
+    pub fn set_displaced(&mut self, ino: u64, key: Option<String>) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        if inode.displaced == key {
+            return;
+        }
+        let old = std::mem::replace(&mut inode.displaced, key.clone());
+        if let Some(old) = old {
+            self.unmark_busy(&old);
+        }
+        if let Some(new) = key {
+            self.mark_busy(&new);
+        }
     }
 
     /// Every writer of an inode whose key starts with `prefix`.

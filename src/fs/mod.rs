@@ -3,6 +3,7 @@
 
 pub mod attrs;
 pub mod cache;
+pub mod copy;
 pub mod dir;
 pub mod disk_cache;
 pub mod error;
@@ -144,6 +145,8 @@ pub struct FsStats {
 struct DirHandle {
     ino: u64,
     listing: DirListing,
+    /// The snapshot epoch when this listing (re)started (see `DirSnapshots`).
+    epoch: u64,
 }
 
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;
@@ -320,6 +323,7 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Lists a small directory again to renew its snapshot (dropped if it grew too large).
     async fn renew_snapshot(&self, dir: u64, prefix: &str) -> FsResult<()> {
+        let epoch = self.snapshots.epoch();
         let mut listing =
             DirListing::new(prefix.to_string(), self.config.defaults, self.mount_time);
         listing.set_local(self.local_children(dir));
@@ -327,7 +331,7 @@ impl<S: ObjectStore> Fs<S> {
             .entries_from(&self.store, 0, SNAPSHOT_MAX_NAMES + 1)
             .await?;
         match listing.complete_names() {
-            Some(names) => self.snapshots.set(dir, names),
+            Some(names) => self.snapshots.set(dir, names, epoch),
             None => self.snapshots.forget(dir),
         }
         Ok(())
@@ -417,6 +421,7 @@ impl<S: ObjectStore> Fs<S> {
         let handle = DirHandle {
             ino,
             listing: DirListing::new(prefix, self.config.defaults, self.mount_time),
+            epoch: self.snapshots.epoch(),
         };
         let mut handle = handle;
         handle.listing.set_local(self.local_children(ino));
@@ -447,6 +452,7 @@ impl<S: ObjectStore> Fs<S> {
         let dir_ino = handle.ino;
         if offset == 0 {
             handle.listing.restart();
+            handle.epoch = self.snapshots.epoch();
             let local = self.local_children(dir_ino);
             handle.listing.set_local(local);
         }
@@ -493,7 +499,7 @@ impl<S: ObjectStore> Fs<S> {
             .to_vec();
         if entries.len() < want {
             if let Some(names) = handle.listing.complete_names() {
-                self.snapshots.set(dir_ino, names);
+                self.snapshots.set(dir_ino, names, handle.epoch);
             }
         }
         self.settle_listed_attrs(dir_ino, &prefix, &mut entries)
@@ -501,7 +507,11 @@ impl<S: ObjectStore> Fs<S> {
         let expires = self.expiry();
         let mut inodes = self.inodes.lock().unwrap();
         for (i, e) in entries.into_iter().enumerate() {
-            self.negative.remove(dir_ino, &e.name);
+            if self.negative.contains(dir_ino, &e.name) {
+                // Removed (unlinked, renamed away) since this listing was taken: a stale
+                // entry must not bring the name back.
+                continue;
+            }
             let key = match e.attrs.kind {
                 Kind::Dir => format!("{prefix}{}/", e.name),
                 Kind::File => format!("{prefix}{}", e.name),

@@ -9,22 +9,74 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use super::attrs::{posix_headers, Attributes, Kind};
+use super::copy::ServerCopy;
 use super::error::{FsError, FsResult};
 use super::names::{child_key, validate_component};
 use super::read::FileReader;
 use super::write::FileWriter;
 use super::{Entry, FileHandle, Fs};
-use crate::store::{ObjectStore, PutOptions, StoreError, UploadedPart};
+use crate::store::{ObjectStore, PutOptions, StoreError};
 
-/// Largest object a single CopyObject can copy; bigger ones are copied part by part.
-const MAX_COPY_OBJECT: u64 = 5 << 30;
-/// Part size of a multipart server-side copy.
-const COPY_PART_SIZE: u64 = 1 << 30;
 /// Keys copied (then deleted) at once when renaming a directory.
 const RENAME_CONCURRENCY: usize = 16;
+
+/// Keys marked busy in the inode table for as long as this lives (see `InodeTable::busy`).
+struct BusyKeys<'a, S> {
+    fs: &'a Fs<S>,
+    keys: Vec<String>,
+}
+
+impl<'a, S> BusyKeys<'a, S> {
+    fn mark(fs: &'a Fs<S>, keys: Vec<String>) -> Self {
+        let mut inodes = fs.inodes.lock().unwrap();
+        for key in &keys {
+            inodes.mark_busy(key);
+        }
+        drop(inodes);
+        Self { fs, keys }
+    }
+}
+
+impl<S> Drop for BusyKeys<'_, S> {
+    fn drop(&mut self) {
+        let mut inodes = self.fs.inodes.lock().unwrap();
+        for key in &self.keys {
+            inodes.unmark_busy(key);
+        }
+    }
+}
+
+/// An entry whose inode holds one extra reference while this lives.
+struct Held<'a, S> {
+    fs: &'a Fs<S>,
+    entry: Entry,
+}
+
+impl<S> std::ops::Deref for Held<'_, S> {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+impl<S> Drop for Held<'_, S> {
+    fn drop(&mut self) {
+        self.fs.inodes.lock().unwrap().forget(self.entry.ino, 1);
+    }
+}
+
+/// Locks an optional writer.
+async fn lock_opt<T>(
+    writer: &Option<Arc<tokio::sync::Mutex<T>>>,
+) -> Option<tokio::sync::MutexGuard<'_, T>> {
+    match writer {
+        Some(writer) => Some(writer.lock().await),
+        None => None,
+    }
+}
 
 /// Who asks: owner of what they create.
 #[derive(Debug, Clone, Copy)]
@@ -148,6 +200,9 @@ impl<S: ObjectStore> Fs<S> {
         let writer = Arc::new(tokio::sync::Mutex::new(self.new_writer(key.clone(), opts)));
         let ino = {
             let mut inodes = self.inodes.lock().unwrap();
+            // A name known to be in S3 is replaced: it is not "only in this mount", and a
+            // failed upload leaves it showing the old object.
+            let mut stored = false;
             if let Some(existing) = inodes.child(parent, name) {
                 if existing.kind() == Kind::Dir {
                     return Err(FsError::IsDir);
@@ -155,6 +210,12 @@ impl<S: ObjectStore> Fs<S> {
                 if existing.has_writer() {
                     return Err(FsError::Busy);
                 }
+                stored = !existing.is_pending() && existing.attrs.etag.is_some();
+            }
+            if inodes.key_is_busy(&key) {
+                // Being renamed or unlinked right now, or a renamed file's upload still
+                // completes there.
+                return Err(FsError::Busy);
             }
             let ino = inodes
                 .upsert_child(
@@ -169,7 +230,9 @@ impl<S: ObjectStore> Fs<S> {
             let claimed = inodes.claim_writer(ino, writer.clone());
             debug_assert!(claimed, "checked under the same lock");
             // Shown by readdir from now on; in S3 from the first commit.
-            inodes.set_pending(ino, true);
+            if !stored {
+                inodes.set_pending(ino, true);
+            }
             ino
         };
         self.negative.remove(parent, name);
@@ -189,9 +252,12 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsDir);
         }
         let current_writer = self.writer_of(ino);
+        let handing_over = current_writer
+            .as_ref()
+            .is_some_and(|w| w.try_lock().is_ok_and(|w| w.can_be_superseded()));
         if writing {
             self.check_writable()?;
-            if current_writer.is_some() {
+            if current_writer.is_some() && !handing_over {
                 return Err(FsError::Busy);
             }
         } else if let Some(writer) = &current_writer {
@@ -200,7 +266,7 @@ impl<S: ObjectStore> Fs<S> {
                 return Err(FsError::Busy);
             }
         }
-        let attrs = if fresh || current_writer.is_some() {
+        let attrs = if fresh || (current_writer.is_some() && !handing_over) {
             attrs
         } else {
             self.refresh_file(ino, &key).await?
@@ -216,7 +282,7 @@ impl<S: ObjectStore> Fs<S> {
             ..attrs.clone()
         };
         let opts = self.put_options(&name, &new_attrs);
-        let mut writer = self.new_writer(key, opts);
+        let mut writer = self.new_writer(key.clone(), opts);
         let truncate = flags & libc::O_TRUNC != 0;
         if !truncate {
             writer = writer.existing(attrs.size);
@@ -226,8 +292,22 @@ impl<S: ObjectStore> Fs<S> {
             // One writer per file: the check and the claim in one critical section, so two
             // concurrent opens cannot both become the writer.
             let mut inodes = self.inodes.lock().unwrap();
-            if !inodes.claim_writer(ino, writer.clone()) {
-                return Err(FsError::Busy);
+            let current = inodes.get(ino).and_then(|i| i.writer().cloned());
+            match current {
+                None => {
+                    if !inodes.claim_writer(ino, writer.clone()) {
+                        return Err(FsError::Busy);
+                    }
+                }
+                // A closed writer whose release has not arrived yet (the kernel sends it
+                // asynchronously): it hands the file over. try_lock never waits.
+                Some(old) => match old.try_lock() {
+                    Ok(mut old) if old.can_be_superseded() && !inodes.key_is_busy(&key) => {
+                        old.supersede();
+                        inodes.replace_writer(ino, writer.clone());
+                    }
+                    _ => return Err(FsError::Busy),
+                },
             }
             if truncate {
                 // The truncate is the handle's: S3 keeps the old object until the commit.
@@ -251,6 +331,9 @@ impl<S: ObjectStore> Fs<S> {
     /// disappears; an overwritten one shows the old object again at its next use.
     fn writer_failed(&self, ino: u64, writer: &super::SharedWriter<S>) {
         let mut inodes = self.inodes.lock().unwrap();
+        if !inodes.is_writer_of(ino, writer) {
+            return; // dealt with already, or replaced
+        }
         let Some(inode) = inodes.get(ino) else {
             return;
         };
@@ -338,24 +421,40 @@ impl<S: ObjectStore> Fs<S> {
         self.commit_writer(ino, &writer).await
     }
 
-    /// close(): commits like fsync, except while nothing has been written since the open or
-    /// truncate. Programs often close a duplicate right after opening (dd reopens its output
-    /// onto stdout and closes the first descriptor), and committing then would replace the
-    /// old object with an empty one before a byte of the new content exists: a crash would
-    /// leave nothing. An empty new content is committed at the last close (release) instead.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+    /// close(): commits like fsync, except when nothing has been written since the open or
+    /// truncate and the closing process still holds another descriptor of the file. Programs
+    /// close a duplicate right after opening (dd reopens its output onto stdout and closes the
+    /// first descriptor); committing then would replace the old object with an empty one
+    /// before a byte of the new content exists, and a crash would leave nothing. The commit
+    /// comes with the close of the other descriptor (or at the last close).
+    pub async fn flush(&self, fh: u64, other_descriptors: bool) -> FsResult<()> {
         let (ino, handle) = self.handle(fh)?;
         let FileHandle::Write(writer) = handle else {
             return Ok(());
         };
-        if writer.lock().await.is_empty_replacement() {
-            debug!(
-                fh,
-                "close with nothing written yet: committed at the last close"
-            );
-            return Ok(());
+        {
+            let mut guard = writer.lock().await;
+            guard.note_close();
+            if other_descriptors && guard.is_empty_replacement() {
+                debug!(
+                    fh,
+                    "close of a duplicate before anything was written: not committed"
+                );
+                return Ok(());
+            }
         }
         self.commit_writer(ino, &writer).await
+    }
+
+    /// True when handle `fh` writes a file with nothing written since its open or truncate.
+    pub fn is_empty_replacement(&self, fh: u64) -> bool {
+        match self.handle(fh) {
+            Ok((_, FileHandle::Write(writer))) => writer
+                .try_lock()
+                .map(|w| w.is_empty_replacement())
+                .unwrap_or(false),
+            _ => false,
+        }
     }
 
     async fn commit_writer(&self, ino: u64, writer: &super::SharedWriter<S>) -> FsResult<()> {
@@ -375,6 +474,10 @@ impl<S: ObjectStore> Fs<S> {
         // Still under the writer's lock: no rename can move the file between the commit and
         // this update.
         let mut inodes = self.inodes.lock().unwrap();
+        if !inodes.is_writer_of(ino, writer) {
+            return Ok(());
+        }
+        inodes.set_displaced(ino, None);
         if let Some(inode) = inodes.get(ino) {
             let attrs = Attributes {
                 size,
@@ -413,6 +516,16 @@ impl<S: ObjectStore> Fs<S> {
         let writers = self.inodes.lock().unwrap().all_writers();
         let mut failed = Vec::new();
         for (ino, writer) in writers {
+            let pending = self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .is_some_and(|i| i.is_pending());
+            if !pending && writer.lock().await.is_empty_replacement() {
+                // Opened to be replaced, and nothing written yet: the old object stays.
+                continue;
+            }
             if let Err(e) = self.commit_writer(ino, &writer).await {
                 let key = writer.lock().await.key().to_string();
                 error!(key, "could not be stored in S3 at unmount: {e}");
@@ -457,7 +570,11 @@ impl<S: ObjectStore> Fs<S> {
                 }
                 new_attrs.size = 0;
                 match &writer {
-                    Some(writer) => writer.lock().await.truncate().await?,
+                    Some(writer) => {
+                        writer.lock().await.truncate().await?;
+                        // Any upload was aborted: nothing completes under an old name now.
+                        self.inodes.lock().unwrap().set_displaced(ino, None);
+                    }
                     None => {
                         let opts = self.put_options(&name, &new_attrs);
                         new_attrs.etag = self.store.put(&key, Bytes::new(), &opts).await?;
@@ -525,7 +642,7 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// CopyObject, or a multipart UploadPartCopy for objects over 5 GiB.
+    /// CopyObject, or a multipart UploadPartCopy for objects over 5 GiB (journaled).
     async fn copy_object(
         &self,
         source: &str,
@@ -534,59 +651,21 @@ impl<S: ObjectStore> Fs<S> {
         opts: &PutOptions,
         replace_metadata: bool,
     ) -> FsResult<Option<String>> {
-        if size <= MAX_COPY_OBJECT {
-            return Ok(self
-                .store
-                .copy(source, dest, opts, replace_metadata)
-                .await?);
-        }
-        let opts = if replace_metadata {
-            opts.clone()
-        } else {
-            let info = self.store.head(source).await?;
-            PutOptions {
-                content_type: info.content_type,
-                user_metadata: info.user_metadata,
-                ..opts.clone()
-            }
+        let copier = ServerCopy {
+            store: self.store.as_ref(),
+            journal: self.journal.as_deref(),
         };
-        let id = self.store.create_multipart(dest, &opts).await?;
-        let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..size.div_ceil(COPY_PART_SIZE))
-            .map(|i| {
-                let start = i * COPY_PART_SIZE;
-                (i as i32 + 1, start..(start + COPY_PART_SIZE).min(size))
-            })
-            .collect();
-        let copied: Result<Vec<UploadedPart>, StoreError> = futures::stream::iter(ranges)
-            .map(|(number, range)| {
-                let id = id.clone();
-                async move {
-                    self.store
-                        .upload_part_copy(dest, &id, number, source, range)
-                        .await
-                }
-            })
-            .buffered(8)
-            .try_collect()
-            .await;
-        let result = match copied {
-            Ok(parts) => self.store.complete_multipart(dest, &id, &parts).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(etag) => Ok(etag),
-            Err(e) => {
-                if let Err(abort) = self.store.abort_multipart(dest, &id).await {
-                    warn!("aborting the multipart copy failed: {abort}");
-                }
-                Err(e.into())
-            }
-        }
+        copier
+            .copy(source, dest, size, opts, replace_metadata)
+            .await
     }
 
-    /// Resolves `name` in `parent` (from the table when fresh, else from S3).
-    async fn resolve(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
-        self.lookup_entry(parent, name, false).await
+    /// Resolves `name` in `parent` (from the table when fresh, else from S3), holding a
+    /// reference on its inode until the returned guard drops, so the inode cannot be forgotten
+    /// (by a concurrent readdirplus's forget) in the middle of the operation.
+    async fn resolve(&self, parent: u64, name: &OsStr) -> FsResult<Held<'_, S>> {
+        let entry = self.lookup_entry(parent, name, true).await?;
+        Ok(Held { fs: self, entry })
     }
 
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
@@ -596,16 +675,16 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::IsDir);
         }
         let name = validate_component(name)?;
-        // An open writer is stopped first and its lock kept to the end, so no commit can put
-        // the file back after it is deleted.
+        let key = self.inode_parts(entry.ino)?.2;
+        // No open may become the writer while the name goes.
+        let _busy = BusyKeys::mark(self, vec![key]);
+        // The writer's lock is kept to the end, so no commit can put the file back after it
+        // is deleted; it is discarded only once the delete succeeded.
         let writer = self.writer_of(entry.ino);
         let mut guard = match &writer {
             Some(writer) => Some(writer.lock().await),
             None => None,
         };
-        if let Some(guard) = guard.as_mut() {
-            guard.discard().await;
-        }
         let (key, pending) = {
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(entry.ino).ok_or(FsError::NotFound)?;
@@ -614,7 +693,14 @@ impl<S: ObjectStore> Fs<S> {
         if !pending {
             self.store.delete(&key).await?;
         }
-        self.inodes.lock().unwrap().detach(parent, name);
+        if let Some(guard) = guard.as_mut() {
+            guard.discard().await;
+        }
+        {
+            let mut inodes = self.inodes.lock().unwrap();
+            inodes.set_displaced(entry.ino, None);
+            inodes.detach(parent, name);
+        }
         drop(guard);
         self.snapshots.remove(parent, name);
         self.negative.insert(parent, name);
@@ -655,7 +741,8 @@ impl<S: ObjectStore> Fs<S> {
         let mut inodes = self.inodes.lock().unwrap();
         let inode = inodes.upsert_child(parent, name_str, key, attrs, self.expiry(), true);
         // A directory this mount just made is empty: lookups in it need not ask.
-        self.snapshots.set(inode.ino, Default::default());
+        self.snapshots
+            .set(inode.ino, Default::default(), self.snapshots.epoch());
         Ok(Entry {
             ino: inode.ino,
             attrs: inode.attrs.clone(),
@@ -731,6 +818,13 @@ impl<S: ObjectStore> Fs<S> {
             }
             _ => {}
         }
+        // No open may become a writer of either name while they move.
+        let source_key = self.inode_parts(source.ino)?.2;
+        let busy = match source.attrs.kind {
+            Kind::File => vec![source_key, new_key.clone()],
+            Kind::Dir => vec![source_key, format!("{new_key}/")],
+        };
+        let _busy = BusyKeys::mark(self, busy);
         match source.attrs.kind {
             Kind::File => {
                 let dest_ino = dest.as_ref().map(|d| d.ino);
@@ -766,8 +860,9 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// Renames the file `ino` to `new_name` in `new_parent` (key `new_key`), replacing `dest`.
-    /// The file's writer, if any, is locked throughout, so no commit runs between the move in
-    /// S3 and the move in the inode table.
+    /// Both files' writers, if any, are locked throughout (in inode order, so two renames
+    /// cannot deadlock), so no commit runs between the move in S3 and the move in the table;
+    /// nothing changes in any writer before every S3 step succeeded.
     async fn rename_file(
         &self,
         ino: u64,
@@ -776,29 +871,39 @@ impl<S: ObjectStore> Fs<S> {
         new_name: &str,
         new_key: String,
     ) -> FsResult<()> {
-        // Renamed over a file open for writing: that file has no name any more, and its writer
-        // must not overwrite anything at close.
-        if let Some(dest_writer) = dest.and_then(|d| self.writer_of(d)) {
-            dest_writer.lock().await.discard().await;
-        }
-        let writer = self.writer_of(ino);
-        let mut guard = match &writer {
-            Some(writer) => Some(writer.lock().await),
-            None => None,
+        let source_writer = self.writer_of(ino);
+        let dest_writer = dest.and_then(|d| self.writer_of(d));
+        let (mut source_guard, mut dest_guard) = match dest {
+            Some(d) if d < ino => {
+                let dest_guard = lock_opt(&dest_writer).await;
+                (lock_opt(&source_writer).await, dest_guard)
+            }
+            _ => {
+                let source_guard = lock_opt(&source_writer).await;
+                (source_guard, lock_opt(&dest_writer).await)
+            }
         };
-        let (source_key, attrs, pending) = {
+        let (source_key, attrs, pending, dest_stored) = {
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
-            (inode.key.clone(), inode.attrs.clone(), inode.is_pending())
+            let dest_stored = dest
+                .and_then(|d| inodes.get(d))
+                .is_some_and(|d| !d.is_pending());
+            (
+                inode.key.clone(),
+                inode.attrs.clone(),
+                inode.is_pending(),
+                dest_stored,
+            )
         };
         debug!(source_key, new_key, "rename");
         let mut new_etag = None;
-        let dirty = guard.as_ref().is_some_and(|g| g.is_dirty());
-        if let (Some(writer), true) = (guard.as_mut(), dirty) {
-            // Its new content is not in S3 yet: it goes up under the new name at close. The
-            // old name's object (the version being overwritten) goes now; an object under the
-            // new name stays until the new content replaces it.
-            writer.rehome(new_key.clone()).await?;
+        let dirty = source_guard.as_ref().is_some_and(|g| g.is_dirty());
+        if dirty {
+            // Its new content is not in S3 yet: it goes up under the new name at commit. The
+            // old name's object (the version being overwritten) goes now, since the old name
+            // no longer exists; an object under the new name stays until the new content
+            // replaces it.
             if !pending {
                 self.store.delete(&source_key).await?;
             }
@@ -808,12 +913,26 @@ impl<S: ObjectStore> Fs<S> {
                 .copy_object(&source_key, &new_key, attrs.size, &opts, false)
                 .await?;
             self.store.delete(&source_key).await?;
-            if let Some(writer) = guard.as_mut() {
-                writer.set_key(new_key.clone());
-            }
         }
+        // Every S3 step succeeded: now the writers follow.
+        if let Some(writer) = source_guard.as_mut() {
+            writer.set_key(new_key.clone());
+        }
+        if let Some(writer) = dest_guard.as_mut() {
+            // Renamed over a file open for writing: it has no name now and overwrites nothing.
+            writer.discard().await;
+        }
+        let displaced = source_guard
+            .as_ref()
+            .and_then(|g| g.displaced_key().map(str::to_string));
         let mut inodes = self.inodes.lock().unwrap();
+        if let Some(d) = dest {
+            inodes.set_displaced(d, None);
+        }
         inodes.move_entry(ino, new_parent, new_name, new_key, self.expiry());
+        if source_guard.is_some() {
+            inodes.set_displaced(ino, displaced);
+        }
         if let Some(etag) = new_etag {
             // A copy may carry a new ETag: record it, so listings keep matching this entry.
             let attrs = Attributes {
@@ -823,8 +942,10 @@ impl<S: ObjectStore> Fs<S> {
             inodes.set_attrs(ino, attrs, self.expiry());
         }
         if dirty {
-            // Until its commit the new name exists only in this mount.
-            inodes.set_pending(ino, true);
+            // Until its commit the new name exists only in this mount, unless S3 holds an
+            // object under it (which stays until the new content replaces it, and shows again
+            // if that fails).
+            inodes.set_pending(ino, !dest_stored);
         }
         Ok(())
     }

@@ -957,7 +957,7 @@ async fn the_journal_lists_uploads_only_while_they_are_in_flight() {
 }
 
 #[tokio::test]
-async fn a_close_right_after_a_truncating_open_keeps_the_old_object_until_the_last_close() {
+async fn closing_a_duplicate_right_after_a_truncating_open_keeps_the_old_object() {
     let (store, fs) = fs_of(&[("f", "old content")]);
     let f = lookup_path(&fs, "f").await.unwrap();
     let fh = fs.open(f.ino, libc::O_WRONLY).await.unwrap();
@@ -967,19 +967,67 @@ async fn a_close_right_after_a_truncating_open_keeps_the_old_object_until_the_la
     };
     fs.setattr(f.ino, truncate).await.unwrap();
     // dd closes a duplicate of its output right after opening it.
-    fs.flush(fh).await.unwrap();
+    assert!(fs.is_empty_replacement(fh));
+    fs.flush(fh, true).await.unwrap();
     assert_eq!(&store.inner().get("f").unwrap()[..], b"old content");
     fs.write(fh, 0, b"new").await.unwrap();
-    fs.flush(fh).await.unwrap();
+    assert!(!fs.is_empty_replacement(fh));
+    fs.flush(fh, true).await.unwrap();
     assert_eq!(&store.inner().get("f").unwrap()[..], b"new");
     fs.release(fh).await;
-    // `: > f`: open, truncate, close: the empty object arrives at the last close.
+    // `: > f` or `truncate -s 0 f`: the only descriptor closes, and the file is empty in S3.
     let fh = fs
         .open(f.ino, libc::O_WRONLY | libc::O_TRUNC)
         .await
         .unwrap();
-    fs.flush(fh).await.unwrap();
-    assert_eq!(&store.inner().get("f").unwrap()[..], b"new");
-    fs.release(fh).await;
+    fs.flush(fh, false).await.unwrap();
     assert!(store.inner().get("f").unwrap().is_empty());
+    fs.release(fh).await;
+}
+
+#[tokio::test]
+async fn a_truncate_does_not_bring_an_unlinked_writer_back() {
+    let (store, fs) = fs_of(&[]);
+    let (entry, fh) = fs
+        .create(ROOT_INO, OsStr::new("gone"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"x").await.unwrap();
+    fs.unlink(ROOT_INO, OsStr::new("gone")).await.unwrap();
+    let truncate = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    fs.setattr(entry.ino, truncate).await.unwrap();
+    fs.write(fh, 0, b"resurrected?").await.unwrap();
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert!(store.inner().keys().is_empty());
+}
+
+#[tokio::test]
+async fn a_name_renamed_over_an_open_committed_file_can_be_created_again() {
+    let (_, fs) = fs_of(&[]);
+    let (_, a) = fs
+        .create(ROOT_INO, OsStr::new("a"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(a, 0, b"first").await.unwrap();
+    fs.commit(a).await.unwrap();
+    let (_, b) = fs
+        .create(ROOT_INO, OsStr::new("b"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(b, 0, b"second").await.unwrap();
+    fs.flush(b, false).await.unwrap();
+    fs.release(b).await;
+    fs.rename(ROOT_INO, OsStr::new("b"), ROOT_INO, OsStr::new("a"), false)
+        .await
+        .unwrap();
+    let (_, c) = fs
+        .create(ROOT_INO, OsStr::new("a"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.release(c).await;
+    fs.release(a).await;
 }

@@ -14,8 +14,9 @@ use bytes::{Bytes, BytesMut};
 use crate::store::buffers::{BufferPool, PooledBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
+use super::copy::ServerCopy;
 use super::error::{FsError, FsResult};
 use super::journal::UploadJournal;
 use crate::store::{ObjectStore, PutOptions, StoreResult, UploadedPart};
@@ -41,6 +42,9 @@ pub fn part_size_for(base: u64, number: i32) -> u64 {
 }
 
 struct Upload {
+    /// The key the upload was started for. A multipart upload cannot change its key, so a
+    /// file renamed while being written keeps uploading here and is moved at commit.
+    key: String,
     id: String,
     next_number: i32,
     /// Bytes sent (or copied) as parts so far, in part order.
@@ -63,6 +67,9 @@ enum State {
     /// The file was unlinked, or another file was renamed over it, while open: its bytes have
     /// no name to go to. Writes are accepted and dropped; nothing is uploaded.
     Discarded,
+    /// Committed and closed, then replaced as the file's writer by a newer open before its
+    /// release arrived: later writes through it are refused (EBUSY), it commits nothing.
+    Superseded,
 }
 
 pub struct FileWriter<S> {
@@ -80,6 +87,8 @@ pub struct FileWriter<S> {
     state: State,
     /// Where multipart uploads in flight are recorded, so a crash leaves no orphan unknown.
     journal: Option<Arc<UploadJournal>>,
+    /// A close (flush) came and nothing was written or truncated since.
+    closed: bool,
 }
 
 impl<S: ObjectStore> FileWriter<S> {
@@ -104,6 +113,7 @@ impl<S: ObjectStore> FileWriter<S> {
             done_parts: Vec::new(),
             state: State::Open,
             journal: None,
+            closed: false,
         }
     }
 
@@ -129,9 +139,11 @@ impl<S: ObjectStore> FileWriter<S> {
         &self.key
     }
 
-    /// Points a writer that has no multipart upload in progress at a new key (rename).
+    /// The file was renamed: its content goes to `key` at commit. A multipart upload in
+    /// progress goes on under its own key; the commit completes it there, copies it to `key`
+    /// server-side and deletes it (a crash in between leaves the content under the old name).
+    /// Nothing touches S3 here, so a rename that fails afterwards has changed nothing.
     pub fn set_key(&mut self, key: String) {
-        debug_assert!(self.upload.is_none());
         self.key = key;
     }
 
@@ -167,6 +179,22 @@ impl<S: ObjectStore> FileWriter<S> {
         self.state == State::Discarded
     }
 
+    /// A writer whose content is all in S3 (or that changed nothing) may hand the file over
+    /// to a newer open before its release arrives (the kernel sends release asynchronously).
+    pub fn can_be_superseded(&self) -> bool {
+        self.closed && matches!(self.state, State::Committed | State::NeedsTruncate)
+    }
+
+    /// The program closed a descriptor of the file (flush).
+    pub fn note_close(&mut self) {
+        self.closed = true;
+    }
+
+    pub fn supersede(&mut self) {
+        debug_assert!(self.can_be_superseded());
+        self.state = State::Superseded;
+    }
+
     /// The file lost its name (unlink, or a rename over it): stops and aborts any upload now;
     /// later writes are dropped and close uploads nothing.
     pub async fn discard(&mut self) {
@@ -176,68 +204,13 @@ impl<S: ObjectStore> FileWriter<S> {
         self.state = State::Discarded;
     }
 
-    /// Moves the file being written to `new_key` (rename) without dropping a byte. Without a
-    /// multipart upload in progress only the key changes. With one, an upload cannot change
-    /// its key, so it is re-homed: the parts so far are completed under the old key, copied
-    /// server-side (UploadPartCopy) as the first parts of a new upload under `new_key`, and the
-    /// old key is deleted; writing then goes on into the new upload. The caller has removed
-    /// the old name, so the object briefly completed under it is not a name anyone keeps.
-    pub async fn rehome(&mut self, new_key: String) -> FsResult<()> {
-        if self.upload.is_none() {
-            self.key = new_key;
-            return Ok(());
-        }
-        match self.rehome_upload(&new_key).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(e).await),
-        }
-    }
-
-    async fn rehome_upload(&mut self, new_key: &str) -> FsResult<()> {
-        self.drain_parts().await?;
-        let old = self.upload.take().expect("checked by the caller");
-        self.done_parts.sort_by_key(|p| p.number);
-        let parts = std::mem::take(&mut self.done_parts);
-        let uploaded = old.bytes;
-        let completed = self
-            .store
-            .complete_multipart(&self.key, &old.id, &parts)
-            .await;
-        if let Err(e) = completed {
-            self.upload = Some(old);
-            self.done_parts = parts;
-            return Err(e.into());
-        }
-        self.journal_forget(&old.id);
-        let old_key = std::mem::replace(&mut self.key, new_key.to_string());
-        let id = self.store.create_multipart(new_key, &self.opts).await?;
-        self.journal_record(new_key, &id);
-        self.upload = Some(Upload {
-            id: id.clone(),
-            next_number: 1,
-            bytes: uploaded,
-            running: Vec::new(),
-        });
-        // Copy parts of at most 5 GiB (S3's limit per UploadPartCopy), at least 5 MiB each
-        // since they start at part boundaries of at least that size.
-        let mut start = 0;
-        let mut number = 1;
-        while start < uploaded {
-            let end = (start + MAX_PART_SIZE).min(uploaded);
-            let part = self
-                .store
-                .upload_part_copy(new_key, &id, number, &old_key, start..end)
-                .await?;
-            self.done_parts.push(part);
-            start = end;
-            number += 1;
-        }
-        self.upload.as_mut().expect("set above").next_number = number.max(2);
-        if let Err(e) = self.store.delete(&old_key).await {
-            warn!(key = %old_key, "rename: removing the old name's partial object failed: {e}");
-        }
-        debug!(old_key, new_key, uploaded, "upload re-homed after rename");
-        Ok(())
+    /// The key of a multipart upload in progress when the file was renamed away from it since
+    /// (see `set_key`): the object appears there for a moment at commit.
+    pub fn displaced_key(&self) -> Option<&str> {
+        self.upload
+            .as_ref()
+            .map(|u| u.key.as_str())
+            .filter(|k| *k != self.key)
     }
 
     /// Waits for every part upload in flight; the first failure is returned.
@@ -273,12 +246,14 @@ impl<S: ObjectStore> FileWriter<S> {
 
     /// Appends `data` at `offset`, which must be the current end of the file.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.closed = false;
         match &self.state {
             State::Failed(e) => return Err(e.clone()),
             State::Discarded => {
                 self.size = self.size.max(offset + data.len() as u64);
                 return Ok(data.len() as u32);
             }
+            State::Superseded => return Err(FsError::Busy),
             State::NeedsTruncate => return Err(FsError::NotSupported),
             State::Committed if offset != 0 || self.size != 0 => {
                 // Continuing after close/fsync would need the committed bytes again.
@@ -376,6 +351,7 @@ impl<S: ObjectStore> FileWriter<S> {
             let id = self.store.create_multipart(&self.key, &self.opts).await?;
             self.journal_record(&self.key, &id);
             self.upload = Some(Upload {
+                key: self.key.clone(),
                 id,
                 next_number: 1,
                 bytes: 0,
@@ -400,7 +376,7 @@ impl<S: ObjectStore> FileWriter<S> {
         let number = upload.next_number;
         upload.next_number += 1;
         upload.bytes += body.len() as u64;
-        let (store, key, id) = (self.store.clone(), self.key.clone(), upload.id.clone());
+        let (store, key, id) = (self.store.clone(), upload.key.clone(), upload.id.clone());
         upload.running.push(tokio::spawn(async move {
             let _permit = permit;
             store.upload_part(&key, &id, number, body).await
@@ -413,7 +389,9 @@ impl<S: ObjectStore> FileWriter<S> {
     pub async fn commit(&mut self) -> FsResult<Option<(u64, Option<String>)>> {
         match &self.state {
             State::Failed(e) => return Err(e.clone()),
-            State::Committed | State::NeedsTruncate | State::Discarded => return Ok(None),
+            State::Committed | State::NeedsTruncate | State::Discarded | State::Superseded => {
+                return Ok(None)
+            }
             State::Open => {}
         }
         let result = self.finish().await;
@@ -438,24 +416,62 @@ impl<S: ObjectStore> FileWriter<S> {
         }
         self.drain_parts().await?;
         self.done_parts.sort_by_key(|p| p.number);
-        let id = self.upload.as_ref().expect("checked above").id.clone();
+        let (upload_key, id) = {
+            let upload = self.upload.as_ref().expect("checked above");
+            (upload.key.clone(), upload.id.clone())
+        };
         let etag = self
             .store
-            .complete_multipart(&self.key, &id, &self.done_parts)
+            .complete_multipart(&upload_key, &id, &self.done_parts)
             .await?;
         self.journal_forget(&id);
         self.upload = None;
         self.done_parts.clear();
-        Ok(etag)
+        if upload_key == self.key {
+            return Ok(etag);
+        }
+        // Renamed while being written: the content moves to its final name.
+        let copier = ServerCopy {
+            store: self.store.as_ref(),
+            journal: self.journal.as_deref(),
+        };
+        let moved = copier
+            .copy(&upload_key, &self.key, self.size, &self.opts, true)
+            .await;
+        match moved {
+            Ok(etag) => {
+                if let Err(e) = self.store.delete(&upload_key).await {
+                    warn!(key = %upload_key, "removing the pre-rename copy failed: {e}");
+                }
+                Ok(etag)
+            }
+            Err(e) => {
+                // The close reports the failure: nothing may stay behind under a name the
+                // file no longer has.
+                if let Err(delete) = self.store.delete(&upload_key).await {
+                    error!(
+                        key = %self.key,
+                        stored_under = %upload_key,
+                        "a file renamed while being written could not be moved to its new name, \
+                         and its content stays under the old name: {delete}"
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Drops everything written so far (truncate to 0): the file is empty and open again.
     pub async fn truncate(&mut self) -> FsResult<()> {
+        self.closed = false;
         self.abort().await;
         self.buffer = PartBuffer::default();
         self.buffer_permit = None;
         self.size = 0;
-        self.state = State::Open;
+        // A file without a name stays without one: its content still goes nowhere.
+        if !matches!(self.state, State::Discarded | State::Superseded) {
+            self.state = State::Open;
+        }
         Ok(())
     }
 
@@ -470,7 +486,7 @@ impl<S: ObjectStore> FileWriter<S> {
             for handle in upload.running {
                 let _ = handle.await;
             }
-            match self.store.abort_multipart(&self.key, &upload.id).await {
+            match self.store.abort_multipart(&upload.key, &upload.id).await {
                 Ok(()) => self.journal_forget(&upload.id),
                 Err(e) => warn!(key = %self.key, "aborting the multipart upload failed: {e}"),
             }

@@ -1,8 +1,12 @@
-//! A wrapper store that injects failures, for fault tests of the filesystem layer.
+//! A wrapper store that injects failures and delays, for fault and stress tests of the
+//! filesystem layer: scripted faults (the next N calls of an operation fail) and seeded random
+//! chaos (each call of chosen operations fails with some probability, and any call may be
+//! delayed).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,10 +35,30 @@ struct Fault {
     remaining: usize,
 }
 
+/// Seeded random faults and delays.
+struct Chaos {
+    ops: Vec<Op>,
+    per_mille: u64,
+    max_delay: Duration,
+    rng: u64,
+}
+
+impl Chaos {
+    /// xorshift64*: deterministic for a seed, good enough to spread faults.
+    fn next(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
 /// Wraps a store; each call first consumes a matching injected fault, if any.
 pub struct FaultyStore<S> {
     inner: S,
     faults: Mutex<Vec<Fault>>,
+    chaos: Mutex<Option<Chaos>>,
+    injected: AtomicUsize,
     calls: [AtomicUsize; 11],
 }
 
@@ -43,6 +67,8 @@ impl<S: ObjectStore> FaultyStore<S> {
         Self {
             inner,
             faults: Mutex::new(Vec::new()),
+            chaos: Mutex::new(None),
+            injected: AtomicUsize::new(0),
             calls: Default::default(),
         }
     }
@@ -60,17 +86,57 @@ impl<S: ObjectStore> FaultyStore<S> {
         });
     }
 
+    /// From now on every call of `ops` fails with probability `per_mille`/1000 (a transient
+    /// error), and every call of any operation first waits a random time up to `max_delay`;
+    /// the same seed gives the same sequence of draws.
+    pub fn chaos(&self, ops: &[Op], per_mille: u64, max_delay: Duration, seed: u64) {
+        *self.chaos.lock().unwrap() = Some(Chaos {
+            ops: ops.to_vec(),
+            per_mille,
+            max_delay,
+            rng: seed.max(1),
+        });
+    }
+
+    /// Ends the random faults and delays.
+    pub fn calm(&self) {
+        *self.chaos.lock().unwrap() = None;
+    }
+
+    /// How many random faults were injected so far.
+    pub fn injected(&self) -> usize {
+        self.injected.load(Ordering::SeqCst)
+    }
+
     /// How many calls of `op` reached this store (failed ones included).
     pub fn calls(&self, op: Op) -> usize {
         self.calls[op as usize].load(Ordering::SeqCst)
     }
 
-    fn check(&self, op: Op) -> StoreResult<()> {
+    async fn check(&self, op: Op) -> StoreResult<()> {
         self.calls[op as usize].fetch_add(1, Ordering::SeqCst);
-        let mut faults = self.faults.lock().unwrap();
-        if let Some(fault) = faults.iter_mut().find(|f| f.op == op && f.remaining > 0) {
-            fault.remaining -= 1;
-            return Err(fault.error.clone());
+        {
+            let mut faults = self.faults.lock().unwrap();
+            if let Some(fault) = faults.iter_mut().find(|f| f.op == op && f.remaining > 0) {
+                fault.remaining -= 1;
+                return Err(fault.error.clone());
+            }
+        }
+        let (fail, delay) = match self.chaos.lock().unwrap().as_mut() {
+            None => (false, Duration::ZERO),
+            Some(chaos) => {
+                let fail = chaos.ops.contains(&op) && chaos.next() % 1000 < chaos.per_mille;
+                let max = chaos.max_delay.as_micros() as u64;
+                let delay = if max == 0 { 0 } else { chaos.next() % max };
+                (fail, Duration::from_micros(delay))
+            }
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if fail {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Transient(format!("injected fault in {op:?}")));
         }
         Ok(())
     }
@@ -83,12 +149,12 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn check_bucket(&self) -> StoreResult<()> {
-        self.check(Op::CheckBucket)?;
+        self.check(Op::CheckBucket).await?;
         self.inner.check_bucket().await
     }
 
     async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.check(Op::Head)?;
+        self.check(Op::Head).await?;
         self.inner.head(key).await
     }
 
@@ -99,7 +165,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         token: Option<String>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
-        self.check(Op::List)?;
+        self.check(Op::List).await?;
         self.inner
             .list_page(prefix, delimited, token, max_keys)
             .await
@@ -111,22 +177,22 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<Bytes> {
-        self.check(Op::Get)?;
+        self.check(Op::Get).await?;
         self.inner.get_range(key, range, if_match).await
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
-        self.check(Op::Put)?;
+        self.check(Op::Put).await?;
         self.inner.put(key, body, opts).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.check(Op::Delete)?;
+        self.check(Op::Delete).await?;
         self.inner.delete(key).await
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
-        self.check(Op::CreateMultipart)?;
+        self.check(Op::CreateMultipart).await?;
         self.inner.create_multipart(key, opts).await
     }
 
@@ -137,7 +203,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         number: i32,
         body: Bytes,
     ) -> StoreResult<UploadedPart> {
-        self.check(Op::UploadPart)?;
+        self.check(Op::UploadPart).await?;
         self.inner.upload_part(key, upload_id, number, body).await
     }
 
@@ -149,7 +215,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         source: &str,
         range: Range<u64>,
     ) -> StoreResult<UploadedPart> {
-        self.check(Op::UploadPart)?;
+        self.check(Op::UploadPart).await?;
         self.inner
             .upload_part_copy(key, upload_id, number, source, range)
             .await
@@ -161,17 +227,17 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> StoreResult<Option<String>> {
-        self.check(Op::CompleteMultipart)?;
+        self.check(Op::CompleteMultipart).await?;
         self.inner.complete_multipart(key, upload_id, parts).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.check(Op::AbortMultipart)?;
+        self.check(Op::AbortMultipart).await?;
         self.inner.abort_multipart(key, upload_id).await
     }
 
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<super::PendingUpload>> {
-        self.check(Op::List)?;
+        self.check(Op::List).await?;
         self.inner.list_uploads(prefix).await
     }
 
@@ -182,7 +248,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         opts: &PutOptions,
         replace_metadata: bool,
     ) -> StoreResult<Option<String>> {
-        self.check(Op::Copy)?;
+        self.check(Op::Copy).await?;
         self.inner.copy(source, dest, opts, replace_metadata).await
     }
 }
