@@ -153,7 +153,43 @@ impl Config {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let max_memory = cli.max_memory << 20;
-        let part_size = cli.read_part_size;
+        // Every budget wait must be satisfiable: no part or chunk is larger than its budget.
+        let shares = FsConfig {
+            max_memory,
+            ..FsConfig::default()
+        };
+        let mut write_part_size = cli.write_part_size;
+        if write_part_size > shares.buffer_bytes() {
+            let fitting = shares.buffer_bytes() & !((1 << 20) - 1);
+            if fitting < crate::fs::write::MIN_PART_SIZE {
+                return Err(ConfigError::InvalidOption(format!(
+                    "--max-memory {} leaves {} MiB for writes (3/8 of it), less than one 5 MiB \
+                     part: raise --max-memory",
+                    cli.max_memory,
+                    shares.buffer_bytes() >> 20
+                )));
+            }
+            tracing::info!(
+                "--write-part-size lowered to {} MiB to fit the write budget of --max-memory {} \
+                 (3/8 of it)",
+                fitting >> 20,
+                cli.max_memory
+            );
+            write_part_size = fitting;
+        }
+        let part_size = cli
+            .read_part_size
+            .min(shares.readahead_bytes() / 2)
+            .max(64 << 10);
+        if part_size < cli.read_part_size {
+            tracing::info!(
+                "--read-part-size lowered to {} KiB to fit the read-ahead budget of \
+                 --max-memory {} (a quarter of it)",
+                part_size >> 10,
+                cli.max_memory
+            );
+        }
+        let staging_chunk = part_size.min(shares.buffer_bytes() / 4);
         let tuning = ReadTuning {
             part_size,
             max_window: (16 * part_size).min(max_memory / 4).max(part_size),
@@ -171,7 +207,7 @@ impl Config {
             read_only: cli.read_only,
             tuning,
             max_memory,
-            write_part_size: cli.write_part_size,
+            write_part_size,
             content_type: cli.content_type.clone(),
             upload: PutOptions {
                 storage_class: cli.storage_class.clone(),
@@ -184,7 +220,7 @@ impl Config {
             disk_cache: (cli.max_cache_size > 0).then(|| DiskCacheConfig {
                 dir: cli.cache_dir.clone().unwrap_or_else(std::env::temp_dir),
                 max_bytes: cli.max_cache_size << 20,
-                chunk_size: part_size,
+                chunk_size: staging_chunk,
                 concurrency: STAGING_CONCURRENCY,
             }),
             ..FsConfig::default()
@@ -250,6 +286,39 @@ mod tests {
         );
         let t = parse_target("s3://my-bucket").unwrap();
         assert_eq!(t.prefix, "");
+    }
+
+    #[test]
+    fn parts_and_chunks_are_shrunk_to_fit_their_budgets() {
+        use clap::Parser;
+        let tmp = std::env::temp_dir();
+        let cli = crate::cli::Cli::parse_from([
+            "bucketfs",
+            "my-bucket",
+            tmp.to_str().unwrap(),
+            "--max-memory",
+            "16",
+            "--write-part-size",
+            "64M",
+            "--read-part-size",
+            "64M",
+        ]);
+        let config = Config::resolve(&cli).unwrap();
+        let fs = &config.fs;
+        assert!(
+            fs.write_part_size <= fs.buffer_bytes(),
+            "{}",
+            fs.write_part_size
+        );
+        assert!(fs.write_part_size >= crate::fs::write::MIN_PART_SIZE);
+        assert!(fs.tuning.part_size <= fs.readahead_bytes() / 2);
+        let chunk = fs.disk_cache.as_ref().unwrap().chunk_size;
+        assert!(chunk <= fs.buffer_bytes() / 4, "{chunk}");
+        // At the default sizes nothing changes.
+        let cli = crate::cli::Cli::parse_from(["bucketfs", "my-bucket", tmp.to_str().unwrap()]);
+        let config = Config::resolve(&cli).unwrap();
+        assert_eq!(config.fs.write_part_size, 8 << 20);
+        assert_eq!(config.fs.tuning.part_size, 8 << 20);
     }
 
     #[test]

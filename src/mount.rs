@@ -177,10 +177,21 @@ fn shutdown<S: ObjectStore>(
     done_rx: tokio::sync::oneshot::Receiver<()>,
 ) -> i32 {
     fs.begin_shutdown();
-    let committed = runtime
-        .block_on(async { tokio::time::timeout(SHUTDOWN_COMMIT_WAIT, fs.commit_all()).await });
+    // A task, not a future dropped at the timeout: a commit cut off halfway would leave its
+    // writer in a state a later commit could complete wrongly. At the timeout the process
+    // exits with the task still running, so nothing completes it later.
+    let committing = {
+        let fs = fs.clone();
+        runtime.spawn(async move { fs.commit_all().await })
+    };
+    let committed =
+        runtime.block_on(async { tokio::time::timeout(SHUTDOWN_COMMIT_WAIT, committing).await });
     let failed = match committed {
-        Ok(failed) => failed,
+        Ok(Ok(failed)) => failed,
+        Ok(Err(e)) => {
+            error!("storing open files failed: {e}");
+            fs.open_for_writing()
+        }
         Err(_) => {
             error!(
                 "open files were still being stored after {}s",

@@ -153,6 +153,7 @@ impl<S: ObjectStore> Fs<S> {
             opts,
             self.config.write_part_size,
             self.read_ctx.budget.clone(),
+            self.config.buffer_bytes() as usize,
         )
         .with_journal(self.journal.clone())
     }

@@ -7,7 +7,6 @@
 //! and the error is returned to the caller, never swallowed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -28,9 +27,9 @@ const MAX_PART_SIZE: u64 = 5 << 30;
 /// Part uploads of one file running at once.
 const MAX_PARTS_IN_FLIGHT: usize = 16;
 
-/// How long a writer waits for memory before going over budget rather than risking a
-/// deadlock (every writer waiting on memory held by the others' partial parts).
-const BUDGET_WAIT: Duration = Duration::from_secs(5);
+/// The start of a file is buffered in a small growing buffer, outside the memory budget, up to
+/// this size; past it the buffer is a whole part held against the budget.
+const SMALL_START: usize = 1 << 20;
 
 /// The part size for part `number` (1-based): the configured size for the first 1,000 parts,
 /// doubling every 1,000 parts after, so 10,000 parts of an 8 MiB start reach over 5 TiB.
@@ -78,6 +77,8 @@ pub struct FileWriter<S> {
     opts: PutOptions,
     base_part_size: u64,
     budget: Arc<Semaphore>,
+    /// The budget's size: no part holds more.
+    budget_total: usize,
     buffer: PartBuffer,
     /// Budget held for `buffer`.
     buffer_permit: Option<OwnedSemaphorePermit>,
@@ -99,6 +100,7 @@ impl<S: ObjectStore> FileWriter<S> {
         opts: PutOptions,
         part_size: u64,
         budget: Arc<Semaphore>,
+        budget_total: usize,
     ) -> Self {
         Self {
             store,
@@ -106,6 +108,7 @@ impl<S: ObjectStore> FileWriter<S> {
             opts,
             base_part_size: part_size,
             budget,
+            budget_total: budget_total.max(1),
             buffer: PartBuffer::default(),
             buffer_permit: None,
             size: 0,
@@ -268,7 +271,6 @@ impl<S: ObjectStore> FileWriter<S> {
         if self.state == State::Committed {
             self.state = State::Open;
         }
-        self.reserve(data.len()).await;
         let mut rest = data;
         while !rest.is_empty() {
             let number = self.upload.as_ref().map(|u| u.next_number).unwrap_or(1);
@@ -277,6 +279,9 @@ impl<S: ObjectStore> FileWriter<S> {
             }
             let part_size = part_size_for(self.base_part_size, number) as usize;
             let take = (part_size - self.buffer.len()).min(rest.len());
+            if self.needs_whole_part(take) {
+                self.hold_part_budget(part_size).await;
+            }
             self.grow_buffer(take, part_size);
             self.buffer.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
@@ -284,7 +289,7 @@ impl<S: ObjectStore> FileWriter<S> {
             if self.buffer.len() == part_size {
                 // The full part leaves with its own allocation: nothing of it stays behind.
                 let part = std::mem::take(&mut self.buffer).freeze();
-                let permit = self.take_permit(part.len());
+                let permit = self.take_permit();
                 if let Err(e) = self.send_part(part, permit).await {
                     return Err(self.fail(e).await);
                 }
@@ -302,44 +307,38 @@ impl<S: ObjectStore> FileWriter<S> {
         if needed <= self.buffer.capacity() {
             return;
         }
-        if self.upload.is_none() && needed <= 1 << 20 {
+        if self.upload.is_none() && needed <= SMALL_START {
             self.buffer.reserve_small(needed.next_power_of_two());
         } else {
             self.buffer.reserve_part(part_size, self.store.buffers());
         }
     }
 
-    /// Holds budget for `len` more buffered bytes, waiting for other writers' parts to finish
-    /// when the budget is used up (bounded, see `BUDGET_WAIT`).
-    async fn reserve(&mut self, len: usize) {
-        let permits = len as u32;
-        let permit = match self.budget.clone().try_acquire_many_owned(permits) {
-            Ok(p) => Some(p),
-            Err(_) => {
-                let wait = self.budget.clone().acquire_many_owned(permits);
-                match tokio::time::timeout(BUDGET_WAIT, wait).await {
-                    Ok(Ok(p)) => Some(p),
-                    _ => {
-                        warn!(key = %self.key, "memory budget exhausted; continuing over budget");
-                        None
-                    }
-                }
-            }
-        };
-        if let Some(permit) = permit {
-            match &mut self.buffer_permit {
-                Some(held) => held.merge(permit),
-                None => self.buffer_permit = Some(permit),
-            }
+    /// True when `additional` more bytes make the buffer a whole part (see `grow_buffer`).
+    fn needs_whole_part(&self, additional: usize) -> bool {
+        self.upload.is_some() || self.buffer.len() + additional > SMALL_START
+    }
+
+    /// Holds budget for the whole part being filled, once per part, before its buffer grows
+    /// past the small start. The wait has no timeout and cannot deadlock: a writer waits here
+    /// holding no budget (its earlier parts' budget travels with their uploads, which finish
+    /// on their own), and no request is larger than the whole budget (a part over the budget
+    /// takes all of it). The first `SMALL_START` bytes of a file take no budget: that allowance
+    /// per file being written is what lets thousands of small files be written at once.
+    async fn hold_part_budget(&mut self, part_size: usize) {
+        if self.buffer_permit.is_some() {
+            return;
+        }
+        let permits = part_size.min(self.budget_total).min(u32::MAX as usize) as u32;
+        match self.budget.clone().acquire_many_owned(permits).await {
+            Ok(permit) => self.buffer_permit = Some(permit),
+            Err(_) => warn!(key = %self.key, "memory budget closed"),
         }
     }
 
-    fn take_permit(&mut self, len: usize) -> Option<OwnedSemaphorePermit> {
-        let held = self.buffer_permit.as_mut()?;
-        if held.num_permits() <= len {
-            return self.buffer_permit.take();
-        }
-        held.split(len)
+    /// The budget of the part being sent: it travels with the upload.
+    fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.buffer_permit.take()
     }
 
     async fn send_part(
@@ -587,6 +586,7 @@ mod tests {
     use crate::store::faulty::{FaultyStore, Op};
     use crate::store::memory::MemoryStore;
     use crate::store::StoreError;
+    use std::time::Duration;
 
     #[test]
     fn a_part_buffer_moves_into_a_pooled_part_keeping_its_bytes() {
@@ -624,6 +624,7 @@ mod tests {
             PutOptions::default(),
             part,
             Arc::new(Semaphore::new(64 << 20)),
+            64 << 20,
         )
     }
 
@@ -658,6 +659,42 @@ mod tests {
             part_size_for(1, 1),
             MIN_PART_SIZE,
             "never below S3's minimum"
+        );
+    }
+
+    #[tokio::test]
+    async fn writers_sharing_a_small_budget_all_finish_within_it() {
+        let store = store();
+        let budget_total = 12 << 20;
+        let budget = Arc::new(Semaphore::new(budget_total));
+        let data: Vec<u8> = (0..(12 << 20) + 77).map(|i| (i % 249) as u8).collect();
+        let mut tasks = Vec::new();
+        for n in 0..6 {
+            let (store, budget, data) = (store.clone(), budget.clone(), data.clone());
+            tasks.push(tokio::spawn(async move {
+                let key = format!("k{n}");
+                let mut w = FileWriter::new(
+                    store.clone(),
+                    key.clone(),
+                    PutOptions::default(),
+                    MIN_PART_SIZE,
+                    budget,
+                    budget_total,
+                );
+                write_all(&mut w, &data, 128 << 10).await.unwrap();
+                w.commit().await.unwrap();
+                assert_eq!(store.inner().get(&key).unwrap(), data);
+            }));
+        }
+        let all = futures::future::join_all(tasks);
+        let done = tokio::time::timeout(Duration::from_secs(30), all).await;
+        for result in done.expect("writers deadlocked on the budget") {
+            result.unwrap();
+        }
+        assert_eq!(
+            budget.available_permits(),
+            budget_total,
+            "all budget returned"
         );
     }
 
