@@ -3,6 +3,7 @@
 //! Needs fuse3 and python3 (for the server); `.ci/run` installs both.
 
 mod cli;
+mod cluster;
 mod read;
 mod support;
 mod trust;

@@ -341,6 +341,16 @@ impl Mount {
     }
 
     pub fn with_endpoint(bucket: &str, endpoint: &str, extra_args: &[&str]) -> Self {
+        Self::with_credentials(bucket, endpoint, ACCESS_KEY, SECRET_KEY, extra_args)
+    }
+
+    pub fn with_credentials(
+        bucket: &str,
+        endpoint: &str,
+        access_key: &str,
+        secret_key: &str,
+        extra_args: &[&str],
+    ) -> Self {
         let fusermount = Command::new("fusermount3").arg("-V").output();
         assert!(
             fusermount.is_ok(),
@@ -365,6 +375,8 @@ impl Mount {
             .args(extra_args)
             .args(&state_args)
             .envs(env_for(endpoint))
+            .env("AWS_ACCESS_KEY_ID", access_key)
+            .env("AWS_SECRET_ACCESS_KEY", secret_key)
             .env("RUST_LOG", "bucketfs=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
