@@ -1031,3 +1031,63 @@ async fn a_name_renamed_over_an_open_committed_file_can_be_created_again() {
     fs.release(c).await;
     fs.release(a).await;
 }
+
+#[tokio::test]
+async fn a_closed_committed_writer_hands_the_file_to_a_new_open() {
+    let (store, fs) = fs_of(&[]);
+    let (entry, first) = fs
+        .create(ROOT_INO, OsStr::new("f"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(first, 0, b"one").await.unwrap();
+    // Not closed yet: a second writer is refused.
+    assert_eq!(
+        fs.open(entry.ino, libc::O_WRONLY | libc::O_TRUNC)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EBUSY
+    );
+    // Closed (its release not arrived yet): the next open takes over.
+    fs.flush(first, false).await.unwrap();
+    let second = fs
+        .open(entry.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    assert_eq!(
+        fs.write(first, 3, b"late").await.unwrap_err().errno(),
+        libc::EBUSY
+    );
+    fs.write(second, 0, b"two").await.unwrap();
+    fs.release(first).await; // the late release changes nothing
+    fs.flush(second, false).await.unwrap();
+    fs.release(second).await;
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"two");
+}
+
+#[tokio::test]
+async fn shutdown_keeps_old_objects_of_files_opened_to_be_replaced_with_nothing_written() {
+    let (store, fs) = fs_of(&[("old", "keep me")]);
+    let old = lookup_path(&fs, "old").await.unwrap();
+    let _replacing = fs
+        .open(old.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    let (_, written) = fs
+        .create(ROOT_INO, OsStr::new("new"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(written, 0, b"fresh").await.unwrap();
+    fs.begin_shutdown();
+    assert!(fs.commit_all().await.is_empty());
+    assert_eq!(&store.inner().get("old").unwrap()[..], b"keep me");
+    assert_eq!(&store.inner().get("new").unwrap()[..], b"fresh");
+    assert_eq!(
+        fs.create(ROOT_INO, OsStr::new("late"), 0o644, ROOT)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EROFS,
+        "no new change during shutdown"
+    );
+}

@@ -177,7 +177,16 @@ fn daemon_mode_returns_once_mounted_or_with_the_error() {
     bucket.put("hello.txt", "hello from the daemon");
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().to_str().unwrap();
-    let out = bucketfs(&[&bucket.name, mnt], &server_env());
+    let state = tempfile::tempdir().unwrap();
+    let out = bucketfs(
+        &[
+            &bucket.name,
+            mnt,
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
+        &server_env(),
+    );
     struct Unmount<'a>(&'a std::path::Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {
@@ -191,6 +200,13 @@ fn daemon_mode_returns_once_mounted_or_with_the_error() {
         std::fs::read_to_string(dir.path().join("hello.txt")).unwrap(),
         "hello from the daemon"
     );
+    // With no terminal and no --log-file, it logs under the state directory.
+    let log = state
+        .path()
+        .join("log")
+        .join(format!("{}.log", bucket.name));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("mounted"), "{}: {logged:?}", log.display());
     drop(_guard);
 
     let other = tempfile::tempdir().unwrap();

@@ -211,3 +211,45 @@ fn list_uploads_is_a_dry_run_until_asked_to_abort() {
     let left: Vec<String> = bucket.open_uploads().into_iter().map(|u| u.0).collect();
     assert_eq!(left, ["elsewhere/other.bin"]);
 }
+
+#[test]
+fn the_last_close_after_the_opener_exited_commits_and_reports() {
+    let bucket = TestBucket::new();
+    let mount = Mount::new(&bucket.name, &[]);
+    let path = mount.join("handed.txt");
+    // The opener forks and exits at once; the child writes through the inherited descriptor
+    // and closes it: that close must store the file before it returns.
+    let script = r#"
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+pid = os.fork()
+if pid == 0:
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    os.write(fd, b"written by the child")
+    os.close(fd)
+    with open(sys.argv[2], "w") as done:
+        done.write("closed")
+    os._exit(0)
+os._exit(0)
+"#;
+    let done = tempfile::NamedTempFile::new().unwrap();
+    let out = python(
+        script,
+        &[path.to_str().unwrap(), done.path().to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(done.path()).unwrap_or_default() != "closed" {
+        assert!(Instant::now() < deadline, "the child never closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Checked right after the child's close returned, not after a release that may come later.
+    assert_eq!(bucket.get("handed.txt"), b"written by the child");
+}
