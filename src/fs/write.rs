@@ -751,6 +751,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn no_part_upload_runs_on_after_a_failure_aborted_the_upload() {
+        let store = store();
+        // Slow parts, so several are in flight when one fails.
+        store.chaos(&[], 0, Duration::from_millis(40), 7);
+        store.fail(Op::UploadPart, StoreError::Transient("reset".into()), 1);
+        let mut w = writer(&store, MIN_PART_SIZE);
+        let written = write_all(&mut w, &vec![3u8; 40 << 20], 1 << 20).await;
+        let committed = w.commit().await;
+        assert!(written.is_err() || committed.is_err());
+        assert_eq!(
+            store.parts_in_flight(),
+            0,
+            "a part upload outlived the abort"
+        );
+        assert_eq!(store.inner().open_uploads(), 0);
+    }
+
+    #[tokio::test]
     async fn a_failed_complete_fails_the_close_and_aborts() {
         let store = store();
         store.fail(

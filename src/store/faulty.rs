@@ -60,6 +60,17 @@ pub struct FaultyStore<S> {
     chaos: Mutex<Option<Chaos>>,
     injected: AtomicUsize,
     calls: [AtomicUsize; 11],
+    /// Part uploads started and not yet finished (or dropped).
+    parts_in_flight: AtomicUsize,
+}
+
+/// Counts a part upload as in flight until dropped (finished or cancelled).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<S: ObjectStore> FaultyStore<S> {
@@ -69,6 +80,7 @@ impl<S: ObjectStore> FaultyStore<S> {
             faults: Mutex::new(Vec::new()),
             chaos: Mutex::new(None),
             injected: AtomicUsize::new(0),
+            parts_in_flight: AtomicUsize::new(0),
             calls: Default::default(),
         }
     }
@@ -111,6 +123,11 @@ impl<S: ObjectStore> FaultyStore<S> {
     /// How many calls of `op` reached this store (failed ones included).
     pub fn calls(&self, op: Op) -> usize {
         self.calls[op as usize].load(Ordering::SeqCst)
+    }
+
+    /// Part uploads running now: none may run on after their upload was aborted.
+    pub fn parts_in_flight(&self) -> usize {
+        self.parts_in_flight.load(Ordering::SeqCst)
     }
 
     async fn check(&self, op: Op) -> StoreResult<()> {
@@ -203,6 +220,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         number: i32,
         body: Bytes,
     ) -> StoreResult<UploadedPart> {
+        self.parts_in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(&self.parts_in_flight);
         self.check(Op::UploadPart).await?;
         self.inner.upload_part(key, upload_id, number, body).await
     }
