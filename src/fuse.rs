@@ -121,9 +121,19 @@ impl<S: ObjectStore> FuseAdapter<S> {
             return false;
         };
         fds.flatten().any(|fd| {
+            // Another descriptor of this file open for writing (a read-only one does not keep
+            // the write going).
             let same_ino = std::fs::read_to_string(fd.path()).is_ok_and(|info| {
-                info.lines()
-                    .any(|l| l.strip_prefix("ino:").map(str::trim) == Some(&ino.to_string()))
+                let field = |name: &str| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::trim)
+                        .map(str::to_string)
+                };
+                let writable = field("flags:")
+                    .and_then(|f| u32::from_str_radix(&f, 8).ok())
+                    .is_some_and(|flags| flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32);
+                writable && field("ino:") == Some(ino.to_string())
             });
             same_ino
                 && std::fs::read_link(format!(

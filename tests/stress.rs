@@ -187,7 +187,12 @@ impl Worker {
     fn failed(&mut self, index: usize) {
         let h = &mut self.handles[index];
         h.failed = true;
-        h.upload_key = None;
+        let displaced = h.upload_key.take().filter(|k| h.bound.as_ref() != Some(k));
+        if let Some(key) = displaced {
+            // A renamed file's upload completes under its old key before it is moved; when
+            // both the move and the clean-up fail, the content stays there (logged).
+            self.expect.insert(key, Expect::Unknown);
+        }
     }
 
     async fn step(&mut self) {

@@ -357,6 +357,9 @@ impl Filler {
     }
 }
 
+/// How long a staging chunk waits for memory budget before staging gives up.
+const STAGING_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Fetches one chunk and writes it to the staging file. `Ok(false)` when the object was evicted
 /// meanwhile.
 async fn fill_chunk<S: ObjectStore>(
@@ -371,9 +374,11 @@ async fn fill_chunk<S: ObjectStore>(
         return Ok(false);
     }
     let permits = (range.end - range.start).min(u32::MAX as u64) as u32;
-    let _permit = budget
-        .acquire_many_owned(permits)
+    // Bounded: files being written may hold the budget for as long as their programs pause.
+    // Staging is an optimisation; without budget it stops, and reads go to S3.
+    let _permit = tokio::time::timeout(STAGING_BUDGET_WAIT, budget.acquire_many_owned(permits))
         .await
+        .map_err(|_| "no memory budget for staging within 10 s".to_string())?
         .map_err(|e| e.to_string())?;
     let data = store
         .get_range(&id.key, range.clone(), Some(&id.etag))

@@ -259,6 +259,19 @@ impl<W> InodeTable<W> {
         }
     }
 
+    /// True when `key`, or (for a directory prefix ending in `/`) any key below it, is busy.
+    pub fn busy_at_or_below(&self, key: &str) -> bool {
+        self.key_is_busy(key)
+            || (key.ends_with('/') && self.busy.keys().any(|b| b.starts_with(key)))
+    }
+
+    /// True when `ino` is still named, with `key`: nothing renamed or removed it meanwhile.
+    pub fn is_current(&self, ino: u64, key: &str) -> bool {
+        self.inodes.get(&ino).is_some_and(|i| {
+            i.key == key && self.children.get(&(i.parent, i.name.clone())) == Some(&ino)
+        })
+    }
+
     pub fn key_is_busy(&self, key: &str) -> bool {
         self.busy.contains_key(key)
             || self

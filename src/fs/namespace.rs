@@ -30,6 +30,24 @@ struct BusyKeys<'a, S> {
 }
 
 impl<'a, S> BusyKeys<'a, S> {
+    /// Marks `keys`, unless the destination (the last key) is busy already: another rename or
+    /// unlink is moving it, or a renamed file's upload will still complete there (a file moved
+    /// onto that key now would be overwritten by it). Then EBUSY.
+    fn mark_free(fs: &'a Fs<S>, keys: Vec<String>) -> FsResult<Self> {
+        let mut inodes = fs.inodes.lock().unwrap();
+        if keys
+            .last()
+            .is_some_and(|dest| inodes.busy_at_or_below(dest))
+        {
+            return Err(FsError::Busy);
+        }
+        for key in &keys {
+            inodes.mark_busy(key);
+        }
+        drop(inodes);
+        Ok(Self { fs, keys })
+    }
+
     fn mark(fs: &'a Fs<S>, keys: Vec<String>) -> Self {
         let mut inodes = fs.inodes.lock().unwrap();
         for key in &keys {
@@ -293,6 +311,11 @@ impl<S: ObjectStore> Fs<S> {
             // One writer per file: the check and the claim in one critical section, so two
             // concurrent opens cannot both become the writer.
             let mut inodes = self.inodes.lock().unwrap();
+            if !inodes.is_current(ino, &key) {
+                // Unlinked, renamed or renamed over since this open looked: a writer made now
+                // would write to a name the file no longer has.
+                return Err(FsError::Stale);
+            }
             let current = inodes.get(ino).and_then(|i| i.writer().cloned());
             match current {
                 None => {
@@ -565,7 +588,9 @@ impl<S: ObjectStore> Fs<S> {
             if attrs.kind == Kind::Dir {
                 return Err(FsError::IsDir);
             }
-            if size != attrs.size {
+            // With a writer, a truncate to 0 always reaches it: the size shown may be stale,
+            // and the writer's state (nothing to replace yet) is what the commit acts on.
+            if size != attrs.size || (size == 0 && writer.is_some()) {
                 if size != 0 {
                     return Err(FsError::NotSupported);
                 }
@@ -577,6 +602,9 @@ impl<S: ObjectStore> Fs<S> {
                         self.inodes.lock().unwrap().set_displaced(ino, None);
                     }
                     None => {
+                        // truncate(path) with no writer applies at once; not onto a key a
+                        // rename is moving or a renamed file's upload still completes on.
+                        let _busy = BusyKeys::mark_free(self, vec![key.clone()])?;
                         let opts = self.put_options(&name, &new_attrs);
                         new_attrs.etag = self.store.put(&key, Bytes::new(), &opts).await?;
                     }
@@ -686,14 +714,13 @@ impl<S: ObjectStore> Fs<S> {
             Some(writer) => Some(writer.lock().await),
             None => None,
         };
-        let (key, pending) = {
+        let key = {
             let inodes = self.inodes.lock().unwrap();
-            let inode = inodes.get(entry.ino).ok_or(FsError::NotFound)?;
-            (inode.key.clone(), inode.is_pending())
+            inodes.get(entry.ino).ok_or(FsError::NotFound)?.key.clone()
         };
-        if !pending {
-            self.store.delete(&key).await?;
-        }
+        // Deleted even when the file was only in this mount: a rename that failed midway may
+        // have copied something there (a DELETE of a missing key succeeds).
+        self.store.delete(&key).await?;
         if let Some(guard) = guard.as_mut() {
             guard.discard().await;
         }
@@ -825,7 +852,7 @@ impl<S: ObjectStore> Fs<S> {
             Kind::File => vec![source_key, new_key.clone()],
             Kind::Dir => vec![source_key, format!("{new_key}/")],
         };
-        let _busy = BusyKeys::mark(self, busy);
+        let _busy = BusyKeys::mark_free(self, busy)?;
         match source.attrs.kind {
             Kind::File => {
                 let dest_ino = dest.as_ref().map(|d| d.ino);
@@ -913,6 +940,10 @@ impl<S: ObjectStore> Fs<S> {
             new_etag = self
                 .copy_object(&source_key, &new_key, attrs.size, &opts, false)
                 .await?;
+            if let Some(d) = dest {
+                // The new name holds an object now, whatever happens next.
+                self.inodes.lock().unwrap().set_pending(d, false);
+            }
             self.store.delete(&source_key).await?;
         }
         // Every S3 step succeeded: now the writers follow.
@@ -930,6 +961,8 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(d) = dest {
             inodes.set_displaced(d, None);
         }
+        // Attributes that were stale (a failed writer's, say) stay so: the next use asks S3.
+        let was_fresh = inodes.get(ino).is_some_and(|i| i.expires > Instant::now());
         inodes.move_entry(ino, new_parent, new_name, new_key, self.expiry());
         if source_guard.is_some() {
             inodes.set_displaced(ino, displaced);
@@ -941,6 +974,9 @@ impl<S: ObjectStore> Fs<S> {
                 ..attrs
             };
             inodes.set_attrs(ino, attrs, self.expiry());
+        }
+        if !was_fresh && !dirty {
+            inodes.expire(ino);
         }
         if dirty {
             // Until its commit the new name exists only in this mount, unless S3 holds an

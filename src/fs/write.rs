@@ -7,6 +7,7 @@
 //! and the error is returned to the caller, never swallowed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -30,6 +31,10 @@ const MAX_PARTS_IN_FLIGHT: usize = 16;
 /// The start of a file is buffered in a small growing buffer, outside the memory budget, up to
 /// this size; past it the buffer is a whole part held against the budget.
 const SMALL_START: usize = 1 << 20;
+
+/// How long a writer waits for a part's budget before filling that part over budget (see
+/// `hold_part_budget`).
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// The part size for part `number` (1-based): the configured size for the first 1,000 parts,
 /// doubling every 1,000 parts after, so 10,000 parts of an 8 MiB start reach over 5 TiB.
@@ -82,6 +87,11 @@ pub struct FileWriter<S> {
     buffer: PartBuffer,
     /// Budget held for `buffer`.
     buffer_permit: Option<OwnedSemaphorePermit>,
+    /// The part being filled has been given its budget (or went on without, see
+    /// `hold_part_budget`).
+    part_budgeted: bool,
+    /// A part upload failure found while waiting for budget, reported at the next write.
+    parked_error: Option<FsError>,
     size: u64,
     upload: Option<Upload>,
     done_parts: Vec<UploadedPart>,
@@ -111,6 +121,8 @@ impl<S: ObjectStore> FileWriter<S> {
             budget_total: budget_total.max(1),
             buffer: PartBuffer::default(),
             buffer_permit: None,
+            part_budgeted: false,
+            parked_error: None,
             size: 0,
             upload: None,
             done_parts: Vec::new(),
@@ -204,6 +216,7 @@ impl<S: ObjectStore> FileWriter<S> {
         self.abort().await;
         self.buffer = PartBuffer::default();
         self.buffer_permit = None;
+        self.part_budgeted = false;
         self.state = State::Discarded;
     }
 
@@ -281,6 +294,9 @@ impl<S: ObjectStore> FileWriter<S> {
             let take = (part_size - self.buffer.len()).min(rest.len());
             if self.needs_whole_part(take) {
                 self.hold_part_budget(part_size).await;
+                if let Some(e) = self.parked_error.take() {
+                    return Err(self.fail(e).await);
+                }
             }
             self.grow_buffer(take, part_size);
             self.buffer.extend_from_slice(&rest[..take]);
@@ -320,24 +336,35 @@ impl<S: ObjectStore> FileWriter<S> {
     }
 
     /// Holds budget for the whole part being filled, once per part, before its buffer grows
-    /// past the small start. The wait has no timeout and cannot deadlock: a writer waits here
-    /// holding no budget (its earlier parts' budget travels with their uploads, which finish
-    /// on their own), and no request is larger than the whole budget (a part over the budget
-    /// takes all of it). The first `SMALL_START` bytes of a file take no budget: that allowance
-    /// per file being written is what lets thousands of small files be written at once.
+    /// past the small start. A writer waits here holding no budget of its own (its earlier
+    /// parts' budget travels with their uploads, which finish on their own), and no request is
+    /// larger than the whole budget. But other files may hold budget for parts their programs
+    /// have paused filling (`tee x | gzip > y` fills two files from one pipeline), so the wait
+    /// is bounded: after `BUDGET_WAIT` this part goes on without budget. At most one such part
+    /// per file exists at a time: this file's uploads in flight are finished first.
     async fn hold_part_budget(&mut self, part_size: usize) {
-        if self.buffer_permit.is_some() {
+        if self.part_budgeted {
             return;
         }
+        self.part_budgeted = true;
         let permits = part_size.min(self.budget_total).min(u32::MAX as usize) as u32;
-        match self.budget.clone().acquire_many_owned(permits).await {
-            Ok(permit) => self.buffer_permit = Some(permit),
-            Err(_) => warn!(key = %self.key, "memory budget closed"),
+        let wait = self.budget.clone().acquire_many_owned(permits);
+        match tokio::time::timeout(BUDGET_WAIT, wait).await {
+            Ok(Ok(permit)) => self.buffer_permit = Some(permit),
+            Ok(Err(_)) => warn!(key = %self.key, "memory budget closed"),
+            Err(_) => {
+                debug!(key = %self.key, "memory budget held by other files: one part over it");
+                // Best effort: a failed part surfaces at the next write or the commit.
+                if let Err(e) = self.drain_parts().await {
+                    self.parked_error = Some(e);
+                }
+            }
         }
     }
 
     /// The budget of the part being sent: it travels with the upload.
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        self.part_budgeted = false;
         self.buffer_permit.take()
     }
 
@@ -395,6 +422,7 @@ impl<S: ObjectStore> FileWriter<S> {
         }
         let result = self.finish().await;
         self.buffer_permit = None;
+        self.part_budgeted = false;
         match result {
             Ok(etag) => {
                 self.state = State::Committed;
@@ -466,6 +494,7 @@ impl<S: ObjectStore> FileWriter<S> {
         self.abort().await;
         self.buffer = PartBuffer::default();
         self.buffer_permit = None;
+        self.part_budgeted = false;
         self.size = 0;
         // A file without a name stays without one: its content still goes nowhere.
         if !matches!(self.state, State::Discarded | State::Superseded) {
@@ -498,6 +527,7 @@ impl<S: ObjectStore> FileWriter<S> {
         self.abort().await;
         self.buffer = PartBuffer::default();
         self.buffer_permit = None;
+        self.part_budgeted = false;
         // The caller gets EIO for data S3 did not take; the specific cause is in the log.
         let error = match error {
             FsError::FileTooLarge | FsError::AccessDenied(_) => error,
