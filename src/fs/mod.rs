@@ -177,12 +177,15 @@ pub(crate) type SharedWriter<S> = Shared<FileWriter<S>>;
 ///
 /// 1. Per-file and per-handle async locks (`tokio::sync::Mutex`): a file's writer, a read
 ///    handle's reader, a directory handle. They may be held across `.await` and network calls.
-///    At most one of them at a time (a rename over an open file deals with the two writers one
-///    after the other, never both held).
+///    At most one of them at a time, except a rename of a file onto a file, which holds both
+///    files' writers, always taken in ascending inode order (so two renames cannot deadlock).
+///    A writer may wait for the memory budget while holding its own lock: that wait is bounded
+///    (see `FileWriter::hold_part_budget`).
 /// 2. `inodes` (std mutex): the inode table and everything an inode owns (its writer, whether
 ///    it is pending). Never held across an `.await`, a network call or a file-system call.
-/// 3. Leaf std mutexes, taken alone or under `inodes` and never around anything else: `files`,
-///    `dirs`, the negative cache, the directory snapshots, the block cache, the upload journal.
+/// 3. Leaf std mutexes, taken alone or under `inodes` (or under a level-1 lock) and never
+///    around anything else: `files`, `dirs`, the negative cache, the directory snapshots, the
+///    block cache, the upload journal.
 ///
 /// `try_lock` of a level-1 lock never waits, so it is allowed anywhere.
 pub struct Fs<S> {
