@@ -51,6 +51,11 @@ impl<W> Inode<W> {
     pub fn is_pending(&self) -> bool {
         self.pending
     }
+
+    /// Where this file's renamed-away upload completes, if anywhere.
+    pub fn displaced(&self) -> Option<&str> {
+        self.displaced.as_deref()
+    }
 }
 
 pub struct InodeTable<W> {

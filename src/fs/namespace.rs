@@ -33,12 +33,12 @@ impl<'a, S> BusyKeys<'a, S> {
     /// Marks `keys`, unless the destination (the last key) is busy already: another rename or
     /// unlink is moving it, or a renamed file's upload will still complete there (a file moved
     /// onto that key now would be overwritten by it). Then EBUSY.
-    fn mark_free(fs: &'a Fs<S>, keys: Vec<String>) -> FsResult<Self> {
+    fn mark_free(fs: &'a Fs<S>, keys: Vec<String>, own: Option<&str>) -> FsResult<Self> {
         let mut inodes = fs.inodes.lock().unwrap();
-        if keys
+        let conflict = keys
             .last()
-            .is_some_and(|dest| inodes.busy_at_or_below(dest))
-        {
+            .is_some_and(|dest| Some(dest.as_str()) != own && inodes.busy_at_or_below(dest));
+        if conflict {
             return Err(FsError::Busy);
         }
         for key in &keys {
@@ -523,14 +523,24 @@ impl<S: ObjectStore> Fs<S> {
             return;
         };
         if let FileHandle::Write(writer) = handle {
-            if let Err(e) = self.commit_writer(ino, &writer).await {
-                let key = writer.lock().await.key().to_string();
-                error!(
-                    key,
-                    "the file was closed but could not be stored in S3: {e}"
-                );
+            loop {
+                if let Err(e) = self.commit_writer(ino, &writer).await {
+                    let key = writer.lock().await.key().to_string();
+                    error!(
+                        key,
+                        "the file was closed but could not be stored in S3: {e}"
+                    );
+                }
+                // Let go under the writer's lock, so no truncate slips in between the last
+                // commit and the release (one that did makes the content new again: commit it).
+                let guard = writer.lock().await;
+                if guard.is_dirty() && !guard.is_failed() {
+                    continue;
+                }
+                self.inodes.lock().unwrap().release_writer(ino, &writer);
+                drop(guard);
+                break;
             }
-            self.inodes.lock().unwrap().release_writer(ino, &writer);
         }
     }
 
@@ -595,16 +605,26 @@ impl<S: ObjectStore> Fs<S> {
                     return Err(FsError::NotSupported);
                 }
                 new_attrs.size = 0;
-                match &writer {
+                // The writer counts only if it is still the file's once locked: a release
+                // may have let go of it meanwhile.
+                let mut guard = match &writer {
                     Some(writer) => {
-                        writer.lock().await.truncate().await?;
+                        let guard = writer.lock().await;
+                        let current = self.inodes.lock().unwrap().is_writer_of(ino, writer);
+                        current.then_some(guard)
+                    }
+                    None => None,
+                };
+                match guard.as_mut() {
+                    Some(guard) => {
+                        guard.truncate().await?;
                         // Any upload was aborted: nothing completes under an old name now.
                         self.inodes.lock().unwrap().set_displaced(ino, None);
                     }
                     None => {
                         // truncate(path) with no writer applies at once; not onto a key a
                         // rename is moving or a renamed file's upload still completes on.
-                        let _busy = BusyKeys::mark_free(self, vec![key.clone()])?;
+                        let _busy = BusyKeys::mark_free(self, vec![key.clone()], None)?;
                         let opts = self.put_options(&name, &new_attrs);
                         new_attrs.etag = self.store.put(&key, Bytes::new(), &opts).await?;
                     }
@@ -719,8 +739,11 @@ impl<S: ObjectStore> Fs<S> {
             inodes.get(entry.ino).ok_or(FsError::NotFound)?.key.clone()
         };
         // Deleted even when the file was only in this mount: a rename that failed midway may
-        // have copied something there (a DELETE of a missing key succeeds).
-        self.store.delete(&key).await?;
+        // have copied something there. Some servers answer a missing key with 404.
+        match self.store.delete(&key).await {
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
         if let Some(guard) = guard.as_mut() {
             guard.discard().await;
         }
@@ -852,7 +875,14 @@ impl<S: ObjectStore> Fs<S> {
             Kind::File => vec![source_key, new_key.clone()],
             Kind::Dir => vec![source_key, format!("{new_key}/")],
         };
-        let _busy = BusyKeys::mark_free(self, busy)?;
+        // A file renamed back onto the key its own upload completes under is no conflict.
+        let own_displaced = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(source.ino)
+            .and_then(|i| i.displaced().map(str::to_string));
+        let _busy = BusyKeys::mark_free(self, busy, own_displaced.as_deref())?;
         match source.attrs.kind {
             Kind::File => {
                 let dest_ino = dest.as_ref().map(|d| d.ino);

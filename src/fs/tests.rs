@@ -1091,3 +1091,42 @@ async fn shutdown_keeps_old_objects_of_files_opened_to_be_replaced_with_nothing_
         "no new change during shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_file_renamed_away_and_back_while_uploading_lands_under_its_name() {
+    let (store, fs) = multipart_fs(&[]);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("f"), 0o644, ROOT)
+        .await
+        .unwrap();
+    let data = pattern(11 << 20, 9);
+    write_at(&fs, fh, 0, &data[..6 << 20]).await;
+    fs.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new("g"), false)
+        .await
+        .unwrap();
+    // Another file may not take the key where f's upload still completes...
+    let (_, other) = fs
+        .create(ROOT_INO, OsStr::new("h"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(other, 0, b"h").await.unwrap();
+    fs.commit(other).await.unwrap();
+    fs.release(other).await;
+    assert_eq!(
+        fs.rename(ROOT_INO, OsStr::new("h"), ROOT_INO, OsStr::new("f"), false)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EBUSY
+    );
+    // ...but the file itself may go back there.
+    fs.rename(ROOT_INO, OsStr::new("g"), ROOT_INO, OsStr::new("f"), false)
+        .await
+        .unwrap();
+    write_at(&fs, fh, 6 << 20, &data[6 << 20..]).await;
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    assert_eq!(store.inner().get("f").unwrap(), data);
+    assert_eq!(store.inner().keys(), ["f", "h"]);
+    assert_eq!(store.inner().open_uploads(), 0);
+}

@@ -394,9 +394,11 @@ impl<S: ObjectStore> FileWriter<S> {
         }
         // Enough parts in flight per file to fill the pipe; more would only add memory.
         if upload.running.len() >= MAX_PARTS_IN_FLIGHT {
-            let part = joined((&mut upload.running[0]).await)?;
+            // Out of the list before the result is looked at: a finished handle left there
+            // would be awaited again by `abort` (a panic).
+            let result = joined((&mut upload.running[0]).await);
             upload.running.remove(0);
-            self.done_parts.push(part);
+            self.done_parts.push(result?);
         }
         let upload = self.upload.as_mut().expect("created above");
         let number = upload.next_number;
@@ -787,9 +789,15 @@ mod tests {
         store.chaos(&[], 0, Duration::from_millis(40), 7);
         store.fail(Op::UploadPart, StoreError::Transient("reset".into()), 1);
         let mut w = writer(&store, MIN_PART_SIZE);
-        let written = write_all(&mut w, &vec![3u8; 40 << 20], 1 << 20).await;
+        // More parts than may be in flight at once, so the writer waits on the failed one.
+        let written = write_all(&mut w, &vec![3u8; 120 << 20], 1 << 20).await;
         let committed = w.commit().await;
         assert!(written.is_err() || committed.is_err());
+        assert!(
+            w.commit().await.is_err(),
+            "stays failed: nothing else is stored"
+        );
+        assert!(store.inner().get("k").is_none());
         assert_eq!(
             store.parts_in_flight(),
             0,
