@@ -34,7 +34,7 @@ const SMALL_START: usize = 1 << 20;
 
 /// How long a writer waits for a part's budget before filling that part over budget (see
 /// `hold_part_budget`).
-const BUDGET_WAIT: Duration = Duration::from_secs(2);
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
 
 /// The part size for part `number` (1-based): the configured size for the first 1,000 parts,
 /// doubling every 1,000 parts after, so 10,000 parts of an 8 MiB start reach over 5 TiB.
@@ -330,6 +330,15 @@ impl<S: ObjectStore> FileWriter<S> {
         }
     }
 
+    /// Part uploads of this file at once: enough to fill the pipe, but never the whole write
+    /// budget, so one fast writer cannot starve the others into going over it.
+    fn parts_in_flight_limit(&self) -> usize {
+        let parts_in_budget = self.budget_total / (self.base_part_size.max(1) as usize);
+        parts_in_budget
+            .saturating_sub(1)
+            .clamp(2, MAX_PARTS_IN_FLIGHT)
+    }
+
     /// True when `additional` more bytes make the buffer a whole part (see `grow_buffer`).
     fn needs_whole_part(&self, additional: usize) -> bool {
         self.upload.is_some() || self.buffer.len() + additional > SMALL_START
@@ -384,6 +393,7 @@ impl<S: ObjectStore> FileWriter<S> {
                 running: Vec::new(),
             });
         }
+        let in_flight_limit = self.parts_in_flight_limit();
         let upload = self.upload.as_mut().expect("just created");
         // Reap finished parts first so a failure surfaces at the next write. Handles are only
         // taken out once finished: one still running stays in the upload, where an abort
@@ -393,7 +403,7 @@ impl<S: ObjectStore> FileWriter<S> {
             self.done_parts.push(part);
         }
         // Enough parts in flight per file to fill the pipe; more would only add memory.
-        if upload.running.len() >= MAX_PARTS_IN_FLIGHT {
+        if upload.running.len() >= in_flight_limit {
             // Out of the list before the result is looked at: a finished handle left there
             // would be awaited again by `abort` (a panic).
             let result = joined((&mut upload.running[0]).await);
