@@ -23,6 +23,7 @@ use bucketfs::fs::namespace::{Caller, SetAttr};
 use bucketfs::fs::{Fs, FsConfig};
 use bucketfs::store::faulty::{FaultyStore, Op};
 use bucketfs::store::memory::MemoryStore;
+use bucketfs::testdata::SeededRng;
 
 type Store = FaultyStore<MemoryStore>;
 type TestFs = Fs<Store>;
@@ -64,7 +65,7 @@ struct Worker {
     fs: Arc<TestFs>,
     store: Arc<Store>,
     dir: u64,
-    rng: u64,
+    rng: SeededRng,
     expect: HashMap<String, Expect>,
     handles: Vec<Handle>,
     ops: Arc<AtomicUsize>,
@@ -94,10 +95,7 @@ async fn timed<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
 
 impl Worker {
     fn next(&mut self) -> u64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.rng.next_u64()
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -635,7 +633,7 @@ fn concurrent_random_operations_keep_every_promise() {
                 fs: fs.clone(),
                 store: store.clone(),
                 dir,
-                rng: seed ^ ((id as u64 + 1) * 0x9e37_79b9_7f4a_7c15),
+                rng: SeededRng::new(seed ^ ((id as u64 + 1) * 0x9e37_79b9_7f4a_7c15)),
                 expect: HashMap::new(),
                 handles: Vec::new(),
                 ops: ops.clone(),

@@ -40,16 +40,12 @@ struct Chaos {
     ops: Vec<Op>,
     per_mille: u64,
     max_delay: Duration,
-    rng: u64,
+    rng: crate::testdata::SeededRng,
 }
 
 impl Chaos {
-    /// xorshift64*: deterministic for a seed, good enough to spread faults.
     fn next(&mut self) -> u64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.rng.next_u64()
     }
 }
 
@@ -106,7 +102,7 @@ impl<S: ObjectStore> FaultyStore<S> {
             ops: ops.to_vec(),
             per_mille,
             max_delay,
-            rng: seed.max(1),
+            rng: crate::testdata::SeededRng::new(seed),
         });
     }
 

@@ -253,3 +253,48 @@ os._exit(0)
     // Checked right after the child's close returned, not after a release that may come later.
     assert_eq!(bucket.get("handed.txt"), b"written by the child");
 }
+
+#[test]
+fn sigterm_names_a_file_it_could_not_store_and_exits_non_zero() {
+    // Its own server, stopped before the signal, so the open file cannot be stored.
+    let server = OwnServer::start();
+    let client = s3_client(&server.endpoint);
+    runtime()
+        .block_on(client.create_bucket().bucket("unstorable").send())
+        .unwrap();
+    let mut mount = Mount::with_endpoint("unstorable", &server.endpoint, &["--max-attempts", "1"]);
+    let path = mount.join("stranded.bin");
+    let mut writer = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, time\n\
+             f = open(sys.argv[1], 'wb')\n\
+             f.write(b'x' * 4096)\n\
+             f.flush()\n\
+             print('written', flush=True)\n\
+             time.sleep(120)\n",
+        )
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "written");
+    server.stop();
+    mount.signal(libc::SIGTERM);
+    let status = mount.wait_exit(Duration::from_secs(90));
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let status = status.unwrap_or_else(|| panic!("bucketfs hung after SIGTERM:\n{}", mount.log()));
+    assert_eq!(status.code(), Some(1), "{}", mount.log());
+    assert!(
+        mount.log().contains("could not store in S3: stranded.bin"),
+        "{}",
+        mount.log()
+    );
+}
