@@ -143,14 +143,12 @@ impl<S: ObjectStore> FuseAdapter<S> {
                 .is_ok_and(|target| target.starts_with(mountpoint))
         })
     }
+}
 
-    /// The error for operations S3 has no form for: EROFS on a read-only mount, else EOPNOTSUPP.
-    fn unsupported(&self) -> FsError {
-        if self.fs.config().read_only {
-            FsError::ReadOnly
-        } else {
-            FsError::NotSupported
-        }
+fn time_or_now(time: TimeOrNow) -> SystemTime {
+    match time {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
     }
 }
 
@@ -172,24 +170,22 @@ fn errno(err: &FsError) -> Errno {
 
 fn file_attr(entry: &Entry) -> FileAttr {
     let a = &entry.attrs;
-    let (kind, nlink) = match a.kind {
-        Kind::File => (FileType::RegularFile, 1),
-        Kind::Dir => (FileType::Directory, 2),
-    };
+    let nlink = if a.kind.is_dir() { 2 } else { 1 };
+    let kind = file_type(a.kind);
     FileAttr {
         ino: INodeNo(entry.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: a.mtime,
         kind,
         perm: a.perm as u16,
         nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         // Large, so tools that size their buffers by st_blksize (cp, cat) read in big chunks.
         blksize: 1 << 20,
         flags: 0,
@@ -200,6 +196,11 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -248,9 +249,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -263,19 +264,19 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             uid,
             gid,
             size,
-            mtime: mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => SystemTime::now(),
-            }),
+            mtime: mtime.map(time_or_now),
+            atime: atime.map(time_or_now),
+            ctime,
         };
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
-            // atime alone is not stored: nothing to do, and no error.
+            // Nothing we keep (a ctime alone, or flags): nothing to do, and no error.
             if change.mode.is_none()
                 && change.uid.is_none()
                 && change.gid.is_none()
                 && change.size.is_none()
                 && change.mtime.is_none()
+                && change.atime.is_none()
             {
                 return match fs.getattr(ino.0).await {
                     Ok(entry) => reply.attr(&fs.ttl(), &file_attr(&entry)),
@@ -296,16 +297,19 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            // Devices, FIFOs and sockets have no S3 form.
-            return reply.error(errno(&self.unsupported()));
-        }
         let fs = self.fs.clone();
         let (name, caller) = (name.to_owned(), caller(req));
         self.runtime.spawn(async move {
+            if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+                // FIFOs, sockets and device nodes: an object with the mode in its metadata.
+                return match fs.mknod_special(parent.0, &name, mode, rdev, caller).await {
+                    Ok(entry) => reply.entry(&fs.ttl(), &file_attr(&entry), Generation(0)),
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
             let created = fs.create(parent.0, &name, mode, caller).await;
             match created {
                 Ok((entry, fh)) => {
@@ -364,13 +368,34 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.unsupported()));
+        let fs = self.fs.clone();
+        let (name, target, caller) = (
+            link_name.to_owned(),
+            target.as_os_str().to_owned(),
+            caller(req),
+        );
+        self.runtime.spawn(async move {
+            match fs.symlink(parent.0, &name, &target, caller).await {
+                Ok(entry) => reply.entry(&fs.ttl(), &file_attr(&entry), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            match fs.readlink(ino.0).await {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn rename(
@@ -410,7 +435,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.unsupported()));
+        // An object has one key: S3 has no form for a second name of the same object. EPERM is
+        // what link(2) returns on filesystems that do not support hard links.
+        if self.fs.config().read_only {
+            return reply.error(Errno::EROFS);
+        }
+        reply.error(Errno::EPERM);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

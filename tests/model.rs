@@ -299,6 +299,7 @@ async fn snapshot(fs: &TestFs, with_dir_modes: bool) -> BTreeMap<String, Node> {
                         },
                     );
                 }
+                other => panic!("the model makes only files and directories, not {other:?}"),
             }
         }
     }

@@ -437,13 +437,9 @@ mod tests {
 
     fn file_attrs() -> Attributes {
         Attributes {
-            kind: Kind::File,
             size: 1,
             mtime: SystemTime::UNIX_EPOCH,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            etag: None,
+            ..Attributes::new(Kind::File, 0o644, 0, 0)
         }
     }
 

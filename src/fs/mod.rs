@@ -12,6 +12,7 @@ pub mod journal;
 pub mod names;
 pub mod namespace;
 pub mod read;
+pub mod special;
 pub mod write;
 
 use std::collections::HashMap;
@@ -42,6 +43,10 @@ use write::FileWriter;
 
 /// HEADs in flight at once when `stat_metadata` fills in listed files' attributes.
 const STAT_METADATA_CONCURRENCY: usize = 32;
+
+/// Directories with at most this many entries have each unknown entry HEADed when listed, so
+/// `ls -l` shows symlinks, modes and owners at once (see `Fs::settle_listed_attrs`).
+const SMALL_DIR_ENTRIES: usize = 256;
 
 /// Everything the filesystem layer needs to know, resolved from the command line.
 #[derive(Debug, Clone)]
@@ -263,7 +268,7 @@ impl<S: ObjectStore> Fs<S> {
         let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
         match inode.kind() {
             Kind::Dir => Ok(inode.key.clone()),
-            Kind::File => Err(FsError::NotDir),
+            _ => Err(FsError::NotDir),
         }
     }
 
@@ -352,16 +357,16 @@ impl<S: ObjectStore> Fs<S> {
             if head.is_ok() {
                 debug!(key, "file shadowed by a directory of the same name");
             }
-            let mtime = below
+            let has_marker = below
                 .objects
                 .first()
-                .filter(|marker| marker.key == dir_prefix)
-                .map(|marker| marker.last_modified)
-                .unwrap_or(self.mount_time);
-            return Ok((
-                dir_prefix,
-                Attributes::directory(mtime, &self.config.defaults),
-            ));
+                .is_some_and(|marker| marker.key == dir_prefix);
+            let attrs = if has_marker {
+                self.marker_attrs(&dir_prefix).await?
+            } else {
+                Attributes::directory(self.mount_time, &self.config.defaults)
+            };
+            return Ok((dir_prefix, attrs));
         }
         match head {
             Ok(info) => Ok((
@@ -369,6 +374,22 @@ impl<S: ObjectStore> Fs<S> {
                 Attributes::file(&info, &self.config.defaults),
             )),
             Err(StoreError::NotFound) => Err(FsError::NotFound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A directory's attributes from its marker object's metadata (mode, owner, times, as
+    /// mkdir and chmod store them); the defaults when the marker is gone or carries none.
+    async fn marker_attrs(&self, marker_key: &str) -> FsResult<Attributes> {
+        match self.store.head(marker_key).await {
+            Ok(info) => Ok(Attributes::directory_from_marker(
+                &info,
+                &self.config.defaults,
+            )),
+            Err(StoreError::NotFound) => Ok(Attributes::directory(
+                self.mount_time,
+                &self.config.defaults,
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -400,10 +421,16 @@ impl<S: ObjectStore> Fs<S> {
         match self.store.head(key).await {
             Ok(info) => {
                 let attrs = Attributes::file(&info, &self.config.defaults);
-                self.inodes
-                    .lock()
-                    .unwrap()
-                    .set_attrs(ino, attrs.clone(), self.expiry());
+                let mut inodes = self.inodes.lock().unwrap();
+                if let Some(inode) = inodes.get(ino).filter(|i| i.kind() != attrs.kind) {
+                    // Listed as a file, but its metadata says symlink (or the reverse): one
+                    // inode must not change type, so the name is looked up again (the kernel
+                    // retries a path walk that met ESTALE) and gets a new inode.
+                    let (parent, name) = (inode.parent, inode.name.clone());
+                    inodes.detach(parent, &name);
+                    return Err(FsError::Stale);
+                }
+                inodes.set_attrs(ino, attrs.clone(), self.expiry());
                 Ok(attrs)
             }
             Err(StoreError::NotFound) => {
@@ -505,7 +532,13 @@ impl<S: ObjectStore> Fs<S> {
                 self.snapshots.set(dir_ino, names, handle.epoch);
             }
         }
-        self.settle_listed_attrs(dir_ino, &prefix, &mut entries)
+        // A small directory, listed whole: its entries' own metadata is worth a HEAD each (see
+        // `settle_listed_attrs`).
+        let small = handle
+            .listing
+            .complete_names()
+            .is_some_and(|names| names.len() <= SMALL_DIR_ENTRIES);
+        self.settle_listed_attrs(dir_ino, &prefix, &mut entries, small)
             .await?;
         let expires = self.expiry();
         let mut inodes = self.inodes.lock().unwrap();
@@ -517,7 +550,7 @@ impl<S: ObjectStore> Fs<S> {
             }
             let key = match e.attrs.kind {
                 Kind::Dir => format!("{prefix}{}/", e.name),
-                Kind::File => format!("{prefix}{}", e.name),
+                _ => format!("{prefix}{}", e.name),
             };
             let entry = if plus {
                 let inode = inodes.upsert_child(dir_ino, &e.name, key, e.attrs, expires, true);
@@ -545,40 +578,48 @@ impl<S: ObjectStore> Fs<S> {
         Ok(items)
     }
 
-    /// Listings carry no metadata, so a listed file shows the mount's default owner and mode and
-    /// S3's LastModified. Better attributes already known for the same object version (from a
-    /// HEAD, a write or a chmod in this mount) are kept; files being written keep theirs. With
-    /// `stat_metadata`, unknown files are HEADed (concurrently) so `stat` shows their POSIX
-    /// metadata, at the cost of one HEAD per new object.
+    /// Listings carry no metadata, so a listed entry shows the mount's default owner and mode,
+    /// S3's LastModified, and is a regular file or a directory. Better attributes already known
+    /// for the same object version (from a HEAD, a write or a chmod in this mount) are kept;
+    /// files being written keep theirs. Unknown entries are HEADed (concurrently, a directory
+    /// through its marker) so they show their POSIX metadata and what they are (a symlink, a
+    /// FIFO): in `small` directories (listed whole, at most `SMALL_DIR_ENTRIES`), and in every
+    /// directory with `stat_metadata`. Large directories stay HEAD-free: one HEAD per object is
+    /// what makes `ls -l` slow on other S3 filesystems.
     async fn settle_listed_attrs(
         &self,
         dir: u64,
         prefix: &str,
         entries: &mut [dir::DirEntry],
+        small: bool,
     ) -> FsResult<()> {
         let mut unknown = Vec::new();
         {
             let inodes = self.inodes.lock().unwrap();
             for (i, e) in entries.iter_mut().enumerate() {
+                // A listed object may turn out a symlink or a FIFO once HEADed: any non-directory
+                // inode of the name is this entry.
                 let known = inodes
                     .child(dir, &e.name)
-                    .filter(|c| c.kind() == e.attrs.kind);
+                    .filter(|c| c.kind().is_dir() == e.attrs.kind.is_dir());
                 match known {
-                    Some(c) if c.has_writer() => e.attrs = c.attrs.clone(),
+                    Some(c) if c.has_writer() || c.is_pending() => e.attrs = c.attrs.clone(),
                     Some(c) if e.attrs.kind == Kind::Dir || c.attrs.etag == e.attrs.etag => {
                         e.attrs = c.attrs.clone()
                     }
-                    _ if e.attrs.kind == Kind::File => unknown.push(i),
-                    _ => {}
+                    _ => unknown.push(i),
                 }
             }
         }
-        if !self.config.stat_metadata || unknown.is_empty() {
+        if !(self.config.stat_metadata || small) || unknown.is_empty() {
             return Ok(());
         }
         let keys: Vec<String> = unknown
             .iter()
-            .map(|&i| format!("{prefix}{}", entries[i].name))
+            .map(|&i| match entries[i].attrs.kind {
+                Kind::Dir => format!("{prefix}{}/", entries[i].name),
+                _ => format!("{prefix}{}", entries[i].name),
+            })
             .collect();
         // Collected (boxed) before streaming, for the same higher-ranked lifetime reason as in
         // rename_dir.
@@ -590,6 +631,10 @@ impl<S: ObjectStore> Fs<S> {
             .await;
         for (i, result) in unknown.into_iter().zip(results) {
             match result {
+                Ok(info) if entries[i].attrs.kind == Kind::Dir => {
+                    entries[i].attrs =
+                        Attributes::directory_from_marker(&info, &self.config.defaults)
+                }
                 Ok(info) => entries[i].attrs = Attributes::file(&info, &self.config.defaults),
                 // Deleted since the listing: shown as listed; a lookup will tell.
                 Err(StoreError::NotFound) => {}

@@ -24,7 +24,7 @@ use crate::store::{ObjectStore, PutOptions, StoreError};
 const RENAME_CONCURRENCY: usize = 16;
 
 /// Keys marked busy in the inode table for as long as this lives (see `InodeTable::busy`).
-struct BusyKeys<'a, S> {
+pub(super) struct BusyKeys<'a, S> {
     fs: &'a Fs<S>,
     keys: Vec<String>,
 }
@@ -111,10 +111,24 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
+    /// Set by the kernel itself on some changes; otherwise every change moves ctime to now.
+    pub ctime: Option<SystemTime>,
+}
+
+impl SetAttr {
+    /// True when the change touches metadata kept in the object's headers.
+    fn changes_metadata(&self) -> bool {
+        self.mode.is_some()
+            || self.uid.is_some()
+            || self.gid.is_some()
+            || self.mtime.is_some()
+            || self.atime.is_some()
+    }
 }
 
 impl<S: ObjectStore> Fs<S> {
-    fn check_writable(&self) -> FsResult<()> {
+    pub(super) fn check_writable(&self) -> FsResult<()> {
         if self.config.read_only || self.is_shutting_down() {
             Err(FsError::ReadOnly)
         } else {
@@ -124,10 +138,10 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Options for a new object: the mount's upload options, the content type and the POSIX
     /// attributes as s3fs-style metadata.
-    fn put_options(&self, name: &str, attrs: &Attributes) -> PutOptions {
+    pub(super) fn put_options(&self, name: &str, attrs: &Attributes) -> PutOptions {
         let content_type = match attrs.kind {
             Kind::Dir => Some("application/x-directory".to_string()),
-            Kind::File => Some(self.config.content_type.clone().unwrap_or_else(|| {
+            _ => Some(self.config.content_type.clone().unwrap_or_else(|| {
                 mime_guess::from_path(name)
                     .first_or_octet_stream()
                     .essence_str()
@@ -153,14 +167,21 @@ impl<S: ObjectStore> Fs<S> {
         ))
     }
 
-    fn touch_dir(&self, dir: u64) {
+    pub(super) fn touch_dir(&self, dir: u64) {
         let mut inodes = self.inodes.lock().unwrap();
         if let Some(inode) = inodes.get(dir) {
             let mut attrs = inode.attrs.clone();
             let expires = inode.expires;
             attrs.mtime = SystemTime::now();
+            attrs.ctime = attrs.mtime;
             inodes.set_attrs(dir, attrs, expires);
         }
+    }
+
+    /// Marks `keys` busy for as long as the guard lives; EBUSY when the last one is busy already
+    /// (see `BusyKeys::mark_free`).
+    pub(super) fn busy_keys(&self, keys: Vec<String>) -> FsResult<BusyKeys<'_, S>> {
+        BusyKeys::mark_free(self, keys, None)
     }
 
     /// A writer for `key`, on the shared budget, recording its uploads in the journal.
@@ -206,15 +227,7 @@ impl<S: ObjectStore> Fs<S> {
         let name = validate_component(name)?;
         let parent_key = self.dir_key(parent)?;
         let key = child_key(&parent_key, name)?;
-        let attrs = Attributes {
-            kind: Kind::File,
-            size: 0,
-            mtime: SystemTime::now(),
-            perm: mode & 0o7777,
-            uid: caller.uid,
-            gid: caller.gid,
-            etag: None,
-        };
+        let attrs = Attributes::new(Kind::File, mode, caller.uid, caller.gid);
         let opts = self.put_options(name, &attrs);
         let writer = Arc::new(tokio::sync::Mutex::new(self.new_writer(key.clone(), opts)));
         let ino = {
@@ -296,8 +309,10 @@ impl<S: ObjectStore> Fs<S> {
             let reader = Arc::new(tokio::sync::Mutex::new(reader));
             return Ok(self.new_handle(ino, FileHandle::Read(reader)));
         }
+        let now = SystemTime::now();
         let new_attrs = Attributes {
-            mtime: SystemTime::now(),
+            mtime: now,
+            ctime: now,
             ..attrs.clone()
         };
         let opts = self.put_options(&name, &new_attrs);
@@ -425,9 +440,11 @@ impl<S: ObjectStore> Fs<S> {
         drop(guard);
         let mut inodes = self.inodes.lock().unwrap();
         if let Some(inode) = inodes.get(ino) {
+            let now = SystemTime::now();
             let attrs = Attributes {
                 size,
-                mtime: SystemTime::now(),
+                mtime: now,
+                ctime: now,
                 ..inode.attrs.clone()
             };
             let expires = inode.expires;
@@ -589,10 +606,11 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(mtime) = change.mtime {
             new_attrs.mtime = mtime;
         }
-        let meta_changed = change.mode.is_some()
-            || change.uid.is_some()
-            || change.gid.is_some()
-            || change.mtime.is_some();
+        if let Some(atime) = change.atime {
+            new_attrs.atime = atime;
+        }
+        new_attrs.ctime = change.ctime.unwrap_or_else(SystemTime::now);
+        let meta_changed = change.changes_metadata();
 
         if let Some(size) = change.size {
             if attrs.kind == Kind::Dir {
@@ -775,15 +793,7 @@ impl<S: ObjectStore> Fs<S> {
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
-        let attrs = Attributes {
-            kind: Kind::Dir,
-            size: 0,
-            mtime: SystemTime::now(),
-            perm: mode & 0o7777,
-            uid: caller.uid,
-            gid: caller.gid,
-            etag: None,
-        };
+        let attrs = Attributes::new(Kind::Dir, mode, caller.uid, caller.gid);
         let opts = self.put_options(name_str, &attrs);
         self.store.put(&key, Bytes::new(), &opts).await?;
         self.negative.remove(parent, name_str);
@@ -854,8 +864,8 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::Exists);
         }
         match (source.attrs.kind, dest.as_ref().map(|d| d.attrs.kind)) {
-            (Kind::File, Some(Kind::Dir)) => return Err(FsError::IsDir),
-            (Kind::Dir, Some(Kind::File)) => return Err(FsError::NotDir),
+            (kind, Some(Kind::Dir)) if kind != Kind::Dir => return Err(FsError::IsDir),
+            (Kind::Dir, Some(kind)) if kind != Kind::Dir => return Err(FsError::NotDir),
             (Kind::Dir, Some(Kind::Dir)) => {
                 let dest_prefix = format!("{new_key}/");
                 let below = self
@@ -872,8 +882,8 @@ impl<S: ObjectStore> Fs<S> {
         // No open may become a writer of either name while they move.
         let source_key = self.inode_parts(source.ino)?.2;
         let busy = match source.attrs.kind {
-            Kind::File => vec![source_key, new_key.clone()],
             Kind::Dir => vec![source_key, format!("{new_key}/")],
+            _ => vec![source_key, new_key.clone()],
         };
         // A file renamed back onto the key its own upload completes under is no conflict.
         let own_displaced = self
@@ -883,13 +893,13 @@ impl<S: ObjectStore> Fs<S> {
             .get(source.ino)
             .and_then(|i| i.displaced().map(str::to_string));
         let _busy = BusyKeys::mark_free(self, busy, own_displaced.as_deref())?;
-        match source.attrs.kind {
-            Kind::File => {
+        match source.attrs.kind.is_dir() {
+            false => {
                 let dest_ino = dest.as_ref().map(|d| d.ino);
                 self.rename_file(source.ino, dest_ino, new_parent, &new_name_str, new_key)
                     .await?;
             }
-            Kind::Dir => {
+            true => {
                 if self.is_same_or_below(new_parent, source.ino) {
                     return Err(FsError::Invalid);
                 }

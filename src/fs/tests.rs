@@ -1130,3 +1130,5 @@ async fn a_file_renamed_away_and_back_while_uploading_lands_under_its_name() {
     assert_eq!(store.inner().keys(), ["f", "h"]);
     assert_eq!(store.inner().open_uploads(), 0);
 }
+
+mod posix;
