@@ -170,7 +170,11 @@ fn errno(err: &FsError) -> Errno {
 
 fn file_attr(entry: &Entry) -> FileAttr {
     let a = &entry.attrs;
-    let nlink = if a.kind.is_dir() { 2 } else { 1 };
+    let nlink = match (a.unlinked, a.kind.is_dir()) {
+        (true, _) => 0,
+        (false, true) => 2,
+        (false, false) => 1,
+    };
     let kind = file_type(a.kind);
     FileAttr {
         ino: INodeNo(entry.ino),
@@ -734,7 +738,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn destroy(&mut self) {
         // Unmount: whatever is still unsent goes to S3 before the process lets go.
         let fs = self.fs.clone();
-        self.runtime.block_on(fs.commit_all());
+        self.runtime.block_on(async {
+            fs.commit_all().await;
+            fs.delete_orphans().await;
+        });
     }
 }
 

@@ -212,7 +212,11 @@ fn shutdown<S: ObjectStore>(
     // exits with the task still running, so nothing completes it later.
     let committing = {
         let fs = fs.clone();
-        runtime.spawn(async move { fs.commit_all().await })
+        runtime.spawn(async move {
+            let failed = fs.commit_all().await;
+            fs.delete_orphans().await;
+            failed
+        })
     };
     let committed =
         runtime.block_on(async { tokio::time::timeout(SHUTDOWN_COMMIT_WAIT, committing).await });

@@ -94,6 +94,8 @@ pub struct Attributes {
     /// Device number of a device node.
     pub rdev: u32,
     pub etag: Option<String>,
+    /// Unlinked while open (st_nlink 0).
+    pub unlinked: bool,
 }
 
 impl Attributes {
@@ -111,6 +113,7 @@ impl Attributes {
             gid,
             rdev: 0,
             etag: None,
+            unlinked: false,
         }
     }
 
@@ -126,6 +129,7 @@ impl Attributes {
             gid: defaults.gid,
             rdev: 0,
             etag: None,
+            unlinked: false,
         }
     }
 
@@ -155,6 +159,7 @@ impl Attributes {
             gid: meta.gid.unwrap_or(defaults.gid),
             rdev: meta.rdev.unwrap_or(0),
             etag: info.etag.clone(),
+            unlinked: false,
         }
     }
 
@@ -177,6 +182,7 @@ impl Attributes {
             gid: meta.gid.unwrap_or(defaults.gid),
             rdev: 0,
             etag: None,
+            unlinked: false,
         }
     }
 }

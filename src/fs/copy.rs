@@ -63,7 +63,7 @@ impl<S: ObjectStore> ServerCopy<'_, S> {
                 let id = id.clone();
                 async move {
                     self.store
-                        .upload_part_copy(dest, &id, number, source, range)
+                        .upload_part_copy(dest, &id, number, source, range, None)
                         .await
                 }
             })

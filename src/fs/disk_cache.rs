@@ -43,7 +43,7 @@ pub struct DiskCacheConfig {
 
 /// Creates an unnamed file in `dir`: `O_TMPFILE` where the filesystem has it, else a named file
 /// removed at once.
-fn unnamed_file(dir: &Path) -> io::Result<File> {
+pub(crate) fn unnamed_file(dir: &Path) -> io::Result<File> {
     let tmpfile = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -273,6 +273,28 @@ impl DiskCache {
         };
         tokio::spawn(filler.run(store, budget));
         Some(staged)
+    }
+
+    /// An unnamed file for the changed bytes of a file being written (see `fs::patch`).
+    pub fn scratch_file(&self) -> io::Result<File> {
+        unnamed_file(&self.config.dir)
+    }
+
+    /// Reserves `bytes` of the cache for changed bytes of files being written, evicting staged
+    /// objects no open file reads. False when they do not fit (the caller answers ENOSPC).
+    pub fn reserve(&self, bytes: u64) -> bool {
+        let mut index = self.index.lock().expect("disk cache lock");
+        if !self.make_room(&mut index, bytes) {
+            return false;
+        }
+        index.reserved += bytes;
+        true
+    }
+
+    /// Gives back what `reserve` took.
+    pub fn release(&self, bytes: u64) {
+        let mut index = self.index.lock().expect("disk cache lock");
+        index.reserved = index.reserved.saturating_sub(bytes);
     }
 
     /// Evicts least recently used objects that no open file holds until `size` more bytes fit.

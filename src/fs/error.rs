@@ -38,6 +38,9 @@ pub enum FsError {
     Invalid,
     #[error("file too large")]
     FileTooLarge,
+    /// The local disk space for changed bytes of files being written is used up.
+    #[error("no space left for changed bytes (--max-cache-size)")]
+    NoSpace,
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -64,6 +67,7 @@ impl FsError {
             FsError::Busy => libc::EBUSY,
             FsError::Invalid => libc::EINVAL,
             FsError::FileTooLarge => libc::EFBIG,
+            FsError::NoSpace => libc::ENOSPC,
             FsError::Io(_) => libc::EIO,
         }
     }

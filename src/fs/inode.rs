@@ -33,6 +33,8 @@ pub struct Inode<W> {
     pending: bool,
     /// Where this file's renamed-away multipart upload will complete (held busy).
     displaced: Option<String>,
+    /// Unlinked while open: the name is gone, the inode lives on for its open handles.
+    unlinked: bool,
 }
 
 impl<W> Inode<W> {
@@ -52,6 +54,10 @@ impl<W> Inode<W> {
         self.pending
     }
 
+    pub fn is_unlinked(&self) -> bool {
+        self.unlinked
+    }
+
     /// Where this file's renamed-away upload completes, if anywhere.
     pub fn displaced(&self) -> Option<&str> {
         self.displaced.as_deref()
@@ -68,6 +74,9 @@ pub struct InodeTable<W> {
     /// is moving (a prefix ending in `/` covers a directory), and keys where a renamed file's
     /// multipart upload will still complete (see `FileWriter::displaced_key`).
     busy: HashMap<String, usize>,
+    /// Objects of files unlinked while open, by key: deleted from S3 when the inode's last
+    /// handle closes, so the handles go on reading them; hidden from lookups and listings.
+    orphans: HashMap<String, u64>,
 }
 
 impl<W> InodeTable<W> {
@@ -83,6 +92,7 @@ impl<W> InodeTable<W> {
             writer: None,
             pending: false,
             displaced: None,
+            unlinked: false,
         };
         Self {
             next_ino: ROOT_INO + 1,
@@ -90,6 +100,7 @@ impl<W> InodeTable<W> {
             children: HashMap::new(),
             pending: HashMap::new(),
             busy: HashMap::new(),
+            orphans: HashMap::new(),
         }
     }
 
@@ -146,6 +157,7 @@ impl<W> InodeTable<W> {
                         writer: None,
                         pending: false,
                         displaced: None,
+                        unlinked: false,
                     },
                 );
                 self.children.insert(map_key, ino);
@@ -389,6 +401,48 @@ impl<W> InodeTable<W> {
                 self.set_pending(ino, false);
             }
         }
+    }
+
+    /// `ino` was unlinked while open: its name goes now, its object (at `key`, when it has
+    /// one in S3) when its last handle closes (`take_orphan`).
+    pub fn orphan(&mut self, ino: u64, key: Option<String>) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        inode.unlinked = true;
+        inode.attrs.unlinked = true;
+        let (parent, name) = (inode.parent, inode.name.clone());
+        self.detach(parent, &name);
+        if let Some(key) = key {
+            self.orphans.insert(key, ino);
+        }
+    }
+
+    /// True when `key` is the object of a file unlinked while open (hidden from lookups).
+    pub fn is_orphan_key(&self, key: &str) -> bool {
+        self.orphans.contains_key(key)
+    }
+
+    /// The object key of the unlinked inode `ino`, taken out of the orphans (to be deleted).
+    pub fn take_orphan_of(&mut self, ino: u64) -> Option<String> {
+        let key = self
+            .orphans
+            .iter()
+            .find(|(_, &o)| o == ino)
+            .map(|(k, _)| k.clone())?;
+        self.orphans.remove(&key);
+        Some(key)
+    }
+
+    /// Takes `key` out of the orphans, if it is one (a new entry is made under it: the old
+    /// object must go first).
+    pub fn take_orphan_key(&mut self, key: &str) -> bool {
+        self.orphans.remove(key).is_some()
+    }
+
+    /// Every orphan key (unmount deletes them).
+    pub fn take_all_orphans(&mut self) -> Vec<String> {
+        self.orphans.drain().map(|(k, _)| k).collect()
     }
 
     /// The kernel dropped `n` references.

@@ -11,6 +11,7 @@ pub mod inode;
 pub mod journal;
 pub mod names;
 pub mod namespace;
+pub mod patch;
 pub mod read;
 pub mod special;
 pub mod write;
@@ -300,6 +301,10 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotFound);
         }
         let key = child_key(&parent_key, name)?;
+        if self.inodes.lock().unwrap().is_orphan_key(&key) {
+            // Unlinked while open: the object waits for the last close, the name is gone.
+            return Err(FsError::NotFound);
+        }
         let mut answer = self.snapshots.answer(parent, name);
         if answer == SnapshotAnswer::Stale {
             self.renew_snapshot(parent, &parent_key).await?;
@@ -405,7 +410,10 @@ impl<S: ObjectStore> Fs<S> {
             (
                 inode.key.clone(),
                 inode.attrs.clone(),
-                inode.expires > Instant::now() || inode.has_writer() || inode.is_pending(),
+                inode.expires > Instant::now()
+                    || inode.has_writer()
+                    || inode.is_pending()
+                    || inode.is_unlinked(),
             )
         };
         // Directories have no object of their own to ask about; their listing is fresh at
@@ -543,7 +551,9 @@ impl<S: ObjectStore> Fs<S> {
         let expires = self.expiry();
         let mut inodes = self.inodes.lock().unwrap();
         for (i, e) in entries.into_iter().enumerate() {
-            if self.negative.contains(dir_ino, &e.name) {
+            let orphan =
+                !e.attrs.kind.is_dir() && inodes.is_orphan_key(&format!("{prefix}{}", e.name));
+            if orphan || self.negative.contains(dir_ino, &e.name) {
                 // Removed (unlinked, renamed away) since this listing was taken: a stale
                 // entry must not bring the name back.
                 continue;

@@ -15,6 +15,7 @@ use super::attrs::{posix_headers, Attributes, Kind};
 use super::copy::ServerCopy;
 use super::error::{FsError, FsResult};
 use super::names::{child_key, validate_component};
+use super::patch::Base;
 use super::read::FileReader;
 use super::write::FileWriter;
 use super::{Entry, FileHandle, Fs};
@@ -195,6 +196,7 @@ impl<S: ObjectStore> Fs<S> {
             self.config.buffer_bytes() as usize,
         )
         .with_journal(self.journal.clone())
+        .with_disk(self.read_ctx.disk.clone())
     }
 
     fn new_handle(&self, ino: u64, handle: FileHandle<S>) -> u64 {
@@ -229,6 +231,7 @@ impl<S: ObjectStore> Fs<S> {
         let key = child_key(&parent_key, name)?;
         let attrs = Attributes::new(Kind::File, mode, caller.uid, caller.gid);
         let opts = self.put_options(name, &attrs);
+        self.settle_orphan(&key).await?;
         let writer = Arc::new(tokio::sync::Mutex::new(self.new_writer(key.clone(), opts)));
         let ino = {
             let mut inodes = self.inodes.lock().unwrap();
@@ -319,7 +322,14 @@ impl<S: ObjectStore> Fs<S> {
         let mut writer = self.new_writer(key.clone(), opts);
         let truncate = flags & libc::O_TRUNC != 0;
         if !truncate {
-            writer = writer.existing(attrs.size);
+            writer = writer.existing(Base {
+                key: key.clone(),
+                etag: attrs.etag.clone(),
+                size: attrs.size,
+            });
+        }
+        if flags & libc::O_ACCMODE == libc::O_RDWR {
+            writer = writer.random_access();
         }
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
         {
@@ -403,9 +413,10 @@ impl<S: ObjectStore> Fs<S> {
         let reader = match handle {
             FileHandle::Read(reader) => reader,
             FileHandle::Write(writer) => {
-                // Reading through a write handle: only when nothing unsent is pending.
-                if writer.lock().await.is_dirty() {
-                    return Err(FsError::Busy);
+                // Reading through a write handle sees what it wrote; with nothing changed, the
+                // object is the content.
+                if let Some(data) = writer.lock().await.read(offset, size).await? {
+                    return Ok(data);
                 }
                 let (_, _, key, attrs, _) = self.inode_parts(ino)?;
                 let reader = FileReader::new(self.read_ctx.clone(), key, attrs.etag, attrs.size);
@@ -559,6 +570,15 @@ impl<S: ObjectStore> Fs<S> {
                 break;
             }
         }
+        if !self.has_open_handles(ino) {
+            let orphan = self.inodes.lock().unwrap().take_orphan_of(ino);
+            if let Some(key) = orphan {
+                // The last handle of a file unlinked while open: its object goes now.
+                if let Err(e) = self.delete_if_there(&key).await {
+                    error!(key, "an unlinked file's object could not be deleted: {e}");
+                }
+            }
+        }
     }
 
     /// Commits every writer with unsent data (unmount): nothing written is left behind.
@@ -619,10 +639,7 @@ impl<S: ObjectStore> Fs<S> {
             // With a writer, a truncate to 0 always reaches it: the size shown may be stale,
             // and the writer's state (nothing to replace yet) is what the commit acts on.
             if size != attrs.size || (size == 0 && writer.is_some()) {
-                if size != 0 {
-                    return Err(FsError::NotSupported);
-                }
-                new_attrs.size = 0;
+                new_attrs.size = size;
                 // The writer counts only if it is still the file's once locked: a release
                 // may have let go of it meanwhile.
                 let mut guard = match &writer {
@@ -634,17 +651,29 @@ impl<S: ObjectStore> Fs<S> {
                     None => None,
                 };
                 match guard.as_mut() {
-                    Some(guard) => {
+                    Some(guard) if size == 0 => {
                         guard.truncate().await?;
                         // Any upload was aborted: nothing completes under an old name now.
                         self.inodes.lock().unwrap().set_displaced(ino, None);
                     }
+                    Some(guard) => guard.truncate_to(size).await?,
                     None => {
                         // truncate(path) with no writer applies at once; not onto a key a
                         // rename is moving or a renamed file's upload still completes on.
                         let _busy = BusyKeys::mark_free(self, vec![key.clone()], None)?;
                         let opts = self.put_options(&name, &new_attrs);
-                        new_attrs.etag = self.store.put(&key, Bytes::new(), &opts).await?;
+                        new_attrs.etag = if size == 0 {
+                            self.store.put(&key, Bytes::new(), &opts).await?
+                        } else {
+                            // To a size: the object rewritten in place, as a writer would.
+                            let mut writer = self.new_writer(key.clone(), opts).existing(Base {
+                                key: key.clone(),
+                                etag: attrs.etag.clone(),
+                                size: attrs.size,
+                            });
+                            writer.truncate_to(size).await?;
+                            writer.commit().await?.and_then(|(_, etag)| etag)
+                        };
                     }
                 }
             }
@@ -752,10 +781,32 @@ impl<S: ObjectStore> Fs<S> {
             Some(writer) => Some(writer.lock().await),
             None => None,
         };
-        let key = {
+        let (key, pending) = {
             let inodes = self.inodes.lock().unwrap();
-            inodes.get(entry.ino).ok_or(FsError::NotFound)?.key.clone()
+            let inode = inodes.get(entry.ino).ok_or(FsError::NotFound)?;
+            (inode.key.clone(), inode.is_pending())
         };
+        if self.has_open_handles(entry.ino) {
+            // Open somewhere: the name goes now, and the handles go on reading and writing
+            // (POSIX); its object is deleted when the last of them closes.
+            if pending {
+                // Nothing of it in S3, unless a rename that failed midway copied something.
+                self.delete_if_there(&key).await?;
+            }
+            if let Some(guard) = guard.as_mut() {
+                guard.orphan().await;
+            }
+            {
+                let mut inodes = self.inodes.lock().unwrap();
+                inodes.set_displaced(entry.ino, None);
+                inodes.orphan(entry.ino, (!pending).then_some(key));
+            }
+            drop(guard);
+            self.snapshots.remove(parent, name);
+            self.negative.insert(parent, name);
+            self.touch_dir(parent);
+            return Ok(());
+        }
         // Deleted even when the file was only in this mount: a rename that failed midway may
         // have copied something there. Some servers answer a missing key with 404.
         match self.store.delete(&key).await {
@@ -775,6 +826,39 @@ impl<S: ObjectStore> Fs<S> {
         self.negative.insert(parent, name);
         self.touch_dir(parent);
         Ok(())
+    }
+
+    /// DeleteObject, where a 404 (some servers' answer for a missing key) is success.
+    async fn delete_if_there(&self, key: &str) -> FsResult<()> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True while a handle of `ino` is open.
+    fn has_open_handles(&self, ino: u64) -> bool {
+        self.files.lock().unwrap().values().any(|(i, _)| *i == ino)
+    }
+
+    /// A new entry is about to be made under `key`: the object of a file unlinked while open
+    /// that waits there for its last close is deleted first, so it cannot come back nor be
+    /// deleted later over the new one.
+    pub(super) async fn settle_orphan(&self, key: &str) -> FsResult<()> {
+        if self.inodes.lock().unwrap().take_orphan_key(key) {
+            self.delete_if_there(key).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the objects of every file unlinked while open (unmount).
+    pub async fn delete_orphans(&self) {
+        let keys = self.inodes.lock().unwrap().take_all_orphans();
+        for key in keys {
+            if let Err(e) = self.delete_if_there(&key).await {
+                error!(key, "an unlinked file's object could not be deleted: {e}");
+            }
+        }
     }
 
     pub async fn mkdir(
@@ -893,6 +977,7 @@ impl<S: ObjectStore> Fs<S> {
             .get(source.ino)
             .and_then(|i| i.displaced().map(str::to_string));
         let _busy = BusyKeys::mark_free(self, busy, own_displaced.as_deref())?;
+        self.settle_orphan(&new_key).await?;
         match source.attrs.kind.is_dir() {
             false => {
                 let dest_ino = dest.as_ref().map(|d| d.ino);
@@ -967,7 +1052,11 @@ impl<S: ObjectStore> Fs<S> {
         debug!(source_key, new_key, "rename");
         let mut new_etag = None;
         let dirty = source_guard.as_ref().is_some_and(|g| g.is_dirty());
-        if dirty {
+        // A file changed in place needs its old object (the base of the change) under the new
+        // name too: it is copied now, like a clean file, and the change follows it.
+        let patch_base = source_guard.as_ref().and_then(|g| g.patch_base_size());
+        let streamed = dirty && patch_base.is_none();
+        if streamed {
             // Its new content is not in S3 yet: it goes up under the new name at commit. The
             // old name's object (the version being overwritten) goes now, since the old name
             // no longer exists; an object under the new name stays until the new content
@@ -977,8 +1066,9 @@ impl<S: ObjectStore> Fs<S> {
             }
         } else {
             let opts = self.put_options(new_name, &attrs);
+            let stored_size = patch_base.unwrap_or(attrs.size);
             new_etag = self
-                .copy_object(&source_key, &new_key, attrs.size, &opts, false)
+                .copy_object(&source_key, &new_key, stored_size, &opts, false)
                 .await?;
             if let Some(d) = dest {
                 // The new name holds an object now, whatever happens next.
@@ -989,6 +1079,9 @@ impl<S: ObjectStore> Fs<S> {
         // Every S3 step succeeded: now the writers follow.
         if let Some(writer) = source_guard.as_mut() {
             writer.set_key(new_key.clone());
+            if !streamed {
+                writer.rebase(new_key.clone(), new_etag.clone());
+            }
         }
         if let Some(writer) = dest_guard.as_mut() {
             // Renamed over a file open for writing: it has no name now and overwrites nothing.
@@ -1007,7 +1100,7 @@ impl<S: ObjectStore> Fs<S> {
         if source_guard.is_some() {
             inodes.set_displaced(ino, displaced);
         }
-        if let Some(etag) = new_etag {
+        if let Some(etag) = new_etag.filter(|_| !dirty) {
             // A copy may carry a new ETag: record it, so listings keep matching this entry.
             let attrs = Attributes {
                 etag: Some(etag),
@@ -1018,7 +1111,7 @@ impl<S: ObjectStore> Fs<S> {
         if !was_fresh && !dirty {
             inodes.expire(ino);
         }
-        if dirty {
+        if streamed {
             // Until its commit the new name exists only in this mount, unless S3 holds an
             // object under it (which stays until the new content replaces it, and shows again
             // if that fails).

@@ -96,6 +96,7 @@ impl<S: ObjectStore> Fs<S> {
         }
         // Not onto a name a rename or unlink is moving, nor onto a renamed file's upload.
         let _busy = self.busy_keys(vec![key.clone()])?;
+        self.settle_orphan(&key).await?;
         debug!(key, kind = ?attrs.kind, "make object");
         let opts = self.put_options(name_str, &attrs);
         let etag = self.store.put(&key, body, &opts).await?;

@@ -413,7 +413,8 @@ async fn overwrite_with_truncate_replaces_the_object() {
     fs.commit(fh).await.unwrap();
     fs.release(fh).await;
     assert_eq!(&store.inner().get("f").unwrap()[..], b"new");
-    // truncate(path, 0) empties it; other sizes are refused.
+    // Without the disk cache (`--max-cache-size 0`), changes in place are refused;
+    // truncate(path, 0) empties a file.
     let grow = SetAttr {
         size: Some(10),
         ..SetAttr::default()

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::store::buffers::{BufferPool, PooledBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -17,14 +19,16 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
 use super::copy::ServerCopy;
+use super::disk_cache::DiskCache;
 use super::error::{FsError, FsResult};
 use super::journal::UploadJournal;
+use super::patch::{base_error, Base, PartPlan, PatchFile};
 use crate::store::{ObjectStore, PutOptions, StoreResult, UploadedPart};
 
 /// S3's smallest part (all but the last) and largest part count.
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const MAX_PARTS: i32 = 10_000;
-const MAX_PART_SIZE: u64 = 5 << 30;
+use super::patch::MAX_PART_SIZE;
 /// Part uploads of one file running at once.
 const MAX_PARTS_IN_FLIGHT: usize = 16;
 
@@ -61,11 +65,8 @@ struct Upload {
 enum State {
     /// Accepting sequential writes.
     Open,
-    /// The object is in S3; nothing new since.
+    /// The object is in S3 (or was opened without truncation); nothing new since.
     Committed,
-    /// An existing object opened for writing without truncation: writes need a truncate first
-    /// (overwriting in place is not supported yet).
-    NeedsTruncate,
     /// A background part upload failed; every later call reports it.
     Failed(FsError),
     /// The file was unlinked, or another file was renamed over it, while open: its bytes have
@@ -74,6 +75,9 @@ enum State {
     /// Committed and closed, then replaced as the file's writer by a newer open before its
     /// release arrived: later writes through it are refused (EBUSY), it commits nothing.
     Superseded,
+    /// Unlinked while open: the handles that have it open go on reading and writing it here
+    /// (changes kept on local disk), and nothing is uploaded any more.
+    Orphaned,
 }
 
 pub struct FileWriter<S> {
@@ -100,6 +104,17 @@ pub struct FileWriter<S> {
     journal: Option<Arc<UploadJournal>>,
     /// A close (flush) came and nothing was written or truncated since.
     closed: bool,
+    /// Local disk for the changed bytes of files written in place; without it, writes that
+    /// are not a plain stream from the start are refused (EOPNOTSUPP).
+    disk: Option<Arc<DiskCache>>,
+    /// The object the file's content starts from (opened without truncation, or committed):
+    /// writes after that change it in place.
+    base: Option<Base>,
+    /// The content being changed in place (see `patch`).
+    patch: Option<PatchFile>,
+    /// Opened for reading too (O_RDWR): writes go to a patch from the first byte, so the
+    /// handle can read back what it wrote.
+    random_access: bool,
 }
 
 impl<S: ObjectStore> FileWriter<S> {
@@ -129,7 +144,23 @@ impl<S: ObjectStore> FileWriter<S> {
             state: State::Open,
             journal: None,
             closed: false,
+            disk: None,
+            base: None,
+            patch: None,
+            random_access: false,
         }
+    }
+
+    /// Where changed bytes of files written in place are kept.
+    pub fn with_disk(mut self, disk: Option<Arc<DiskCache>>) -> Self {
+        self.disk = disk;
+        self
+    }
+
+    /// The file was opened for reading and writing.
+    pub fn random_access(mut self) -> Self {
+        self.random_access = true;
+        self
     }
 
     /// Records this writer's multipart uploads in `journal` while they are open.
@@ -138,15 +169,12 @@ impl<S: ObjectStore> FileWriter<S> {
         self
     }
 
-    /// A writer on an existing object of `size` bytes that was opened without `O_TRUNC`.
-    pub fn existing(mut self, size: u64) -> Self {
-        if size > 0 {
-            self.size = size;
-            self.state = State::NeedsTruncate;
-        } else {
-            // Nothing to overwrite: behaves as a new file, but is only uploaded if written to.
-            self.state = State::Committed;
-        }
+    /// A writer on an existing object, opened without `O_TRUNC`: nothing is uploaded unless
+    /// it is written to or truncated; writes change the object in place.
+    pub fn existing(mut self, base: Base) -> Self {
+        self.size = base.size;
+        self.state = State::Committed;
+        self.base = Some(base);
         self
     }
 
@@ -191,13 +219,13 @@ impl<S: ObjectStore> FileWriter<S> {
     }
 
     pub fn is_discarded(&self) -> bool {
-        self.state == State::Discarded
+        matches!(self.state, State::Discarded | State::Orphaned)
     }
 
     /// A writer whose content is all in S3 (or that changed nothing) may hand the file over
     /// to a newer open before its release arrives (the kernel sends release asynchronously).
     pub fn can_be_superseded(&self) -> bool {
-        self.closed && matches!(self.state, State::Committed | State::NeedsTruncate)
+        self.closed && self.state == State::Committed
     }
 
     /// The program closed a descriptor of the file (flush).
@@ -214,10 +242,26 @@ impl<S: ObjectStore> FileWriter<S> {
     /// later writes are dropped and close uploads nothing.
     pub async fn discard(&mut self) {
         self.abort().await;
+        self.patch = None;
         self.buffer = PartBuffer::default();
         self.buffer_permit = None;
         self.part_budgeted = false;
         self.state = State::Discarded;
+    }
+
+    /// The file was unlinked while open: its content stays readable and writable through the
+    /// handles that have it open, and is never uploaded. Bytes streamed but not kept (parts
+    /// already uploaded) cannot be kept: then it is discarded as `discard` does.
+    pub async fn orphan(&mut self) {
+        if self.is_dirty() && self.patch.is_none() && self.ensure_patch().is_err() {
+            self.discard().await;
+            return;
+        }
+        self.abort().await;
+        self.buffer = PartBuffer::default();
+        self.buffer_permit = None;
+        self.part_budgeted = false;
+        self.state = State::Orphaned;
     }
 
     /// The key of a multipart upload in progress when the file was renamed away from it since
@@ -270,16 +314,18 @@ impl<S: ObjectStore> FileWriter<S> {
                 return Ok(data.len() as u32);
             }
             State::Superseded => return Err(FsError::Busy),
-            State::NeedsTruncate => return Err(FsError::NotSupported),
-            State::Committed if offset != 0 || self.size != 0 => {
-                // Continuing after close/fsync would need the committed bytes again.
-                return Err(FsError::NotSupported);
-            }
             _ => {}
         }
-        if offset != self.size {
-            debug!(key = %self.key, offset, size = self.size, "non-sequential write refused");
-            return Err(FsError::NotSupported);
+        if self.patch.is_some() || self.needs_patch(offset) {
+            self.ensure_patch()?;
+            let patch = self.patch.as_mut().expect("just made");
+            // A refused write (no disk room) changes nothing: the file stays as it was.
+            patch.write(offset, data)?;
+            self.size = patch.size();
+            if self.state != State::Orphaned {
+                self.state = State::Open;
+            }
+            return Ok(data.len() as u32);
         }
         if self.state == State::Committed {
             self.state = State::Open;
@@ -312,6 +358,143 @@ impl<S: ObjectStore> FileWriter<S> {
             }
         }
         Ok(data.len() as u32)
+    }
+
+    /// True when a write at `offset` cannot be a plain stream from the start of the file: the
+    /// file has content it keeps (opened without truncation, or committed), the write is not at
+    /// the end, or the handle reads too.
+    fn needs_patch(&self, offset: u64) -> bool {
+        match self.state {
+            State::Committed => self.size > 0 || offset != 0 || self.random_access,
+            State::Open => offset != self.size || self.random_access,
+            State::Orphaned => true,
+            _ => false,
+        }
+    }
+
+    /// Moves the file to in-place changes: from its base object, or from the bytes streamed so
+    /// far when none has been uploaded yet. A stream that has sent parts already cannot go
+    /// back (those bytes are not kept here): EOPNOTSUPP.
+    fn ensure_patch(&mut self) -> FsResult<()> {
+        if self.patch.is_some() {
+            return Ok(());
+        }
+        let Some(disk) = self.disk.clone() else {
+            debug!(key = %self.key, "writing in place needs the disk cache (--max-cache-size)");
+            return Err(FsError::NotSupported);
+        };
+        match self.state {
+            State::Committed | State::Orphaned => {
+                let base = self.base.clone().filter(|b| b.size > 0 && self.size > 0);
+                self.patch = Some(PatchFile::new(disk, base)?);
+            }
+            State::Open => {
+                if self.upload.is_some() {
+                    warn!(
+                        key = %self.key,
+                        "a write or read behind bytes already uploaded of a file being \
+                         streamed is refused (EOPNOTSUPP); open it with O_RDWR to write anywhere"
+                    );
+                    return Err(FsError::NotSupported);
+                }
+                let mut patch = PatchFile::new(disk, None)?;
+                patch.write(0, self.buffer.as_slice())?;
+                self.buffer = PartBuffer::default();
+                self.buffer_permit = None;
+                self.part_budgeted = false;
+                self.patch = Some(patch);
+            }
+            _ => return Err(FsError::NotSupported),
+        }
+        Ok(())
+    }
+
+    /// Sets the file's size (truncate/ftruncate, posix_fallocate): growing reads back zeros.
+    pub async fn truncate_to(&mut self, size: u64) -> FsResult<()> {
+        if size == 0 {
+            return self.truncate().await;
+        }
+        match &self.state {
+            State::Failed(e) => return Err(e.clone()),
+            State::Superseded => return Err(FsError::Busy),
+            State::Discarded => {
+                self.size = size;
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.closed = false;
+        if self.patch.is_none() {
+            if size == self.size {
+                return Ok(());
+            }
+            if self.state == State::Open && self.upload.is_some() && size > self.size {
+                // A stream that has sent parts grows by streaming zeros.
+                let zeros = vec![0u8; 1 << 20];
+                while self.size < size {
+                    let n = (size - self.size).min(zeros.len() as u64) as usize;
+                    self.write(self.size, &zeros[..n]).await?;
+                }
+                return Ok(());
+            }
+            self.ensure_patch()?;
+        }
+        let patch = self.patch.as_mut().expect("made above");
+        patch.truncate(size);
+        self.size = size;
+        if self.state != State::Orphaned {
+            self.state = State::Open;
+        }
+        Ok(())
+    }
+
+    /// Reads the file's current content through this writer: `None` when nothing is changed
+    /// (the object in S3 is the content); bytes streamed but not uploaded move to a patch.
+    pub async fn read(&mut self, offset: u64, len: u32) -> FsResult<Option<Bytes>> {
+        match &self.state {
+            State::Failed(e) => return Err(e.clone()),
+            State::Superseded => return Ok(None),
+            // Unlinked with bytes it could not keep: what it held is gone.
+            State::Discarded => return Err(FsError::Stale),
+            _ => {}
+        }
+        if self.patch.is_none() {
+            if !self.is_dirty() {
+                return Ok(None);
+            }
+            self.ensure_patch().map_err(|e| match e {
+                FsError::NotSupported => FsError::Busy,
+                other => other,
+            })?;
+        }
+        let patch = self.patch.as_ref().expect("made above");
+        let end = offset.saturating_add(len as u64).min(patch.size());
+        if offset >= end {
+            return Ok(Some(Bytes::new()));
+        }
+        Ok(Some(
+            patch.assemble(self.store.as_ref(), offset..end).await?,
+        ))
+    }
+
+    /// When the unsent content is an in-place change of a stored object: that object's size.
+    /// A rename copies it to the new name first (see `rebase`).
+    pub fn patch_base_size(&self) -> Option<u64> {
+        if !self.is_dirty() {
+            return None;
+        }
+        self.patch.as_ref()?.base().map(|b| b.size)
+    }
+
+    /// The file's object was copied to `key` (a rename): later in-place changes start from it.
+    pub fn rebase(&mut self, key: String, etag: Option<String>) {
+        if let Some(base) = &mut self.base {
+            base.key = key.clone();
+            base.etag = etag.clone();
+        }
+        if let Some(patch) = &mut self.patch {
+            patch.rebase(key, etag);
+        }
     }
 
     /// Makes room for `additional` bytes: the first part of a file grows in powers of two up
@@ -427,17 +610,27 @@ impl<S: ObjectStore> FileWriter<S> {
     pub async fn commit(&mut self) -> FsResult<Option<(u64, Option<String>)>> {
         match &self.state {
             State::Failed(e) => return Err(e.clone()),
-            State::Committed | State::NeedsTruncate | State::Discarded | State::Superseded => {
+            State::Committed | State::Discarded | State::Superseded | State::Orphaned => {
                 return Ok(None)
             }
             State::Open => {}
         }
-        let result = self.finish().await;
+        let result = if self.patch.is_some() {
+            self.finish_patch().await
+        } else {
+            self.finish().await
+        };
         self.buffer_permit = None;
         self.part_budgeted = false;
         match result {
             Ok(etag) => {
                 self.state = State::Committed;
+                self.patch = None;
+                self.base = Some(Base {
+                    key: self.key.clone(),
+                    etag: etag.clone(),
+                    size: self.size,
+                });
                 Ok(Some((self.size, etag)))
             }
             Err(e) => Err(self.fail(e).await),
@@ -500,16 +693,119 @@ impl<S: ObjectStore> FileWriter<S> {
         }
     }
 
+    /// Commits an in-place change: one PutObject for a file of up to one part, else one
+    /// multipart upload composed of server-side copies of the unchanged base and uploads of
+    /// the rest. The old object stays until the new one is complete.
+    async fn finish_patch(&mut self) -> FsResult<Option<String>> {
+        let patch = self.patch.as_ref().expect("called with a patch");
+        let size = patch.size();
+        let single_part = self.base_part_size.max(MIN_PART_SIZE);
+        if size <= single_part {
+            let _permit = hold_budget(&self.budget, size as usize, self.budget_total).await;
+            let body = patch.assemble(self.store.as_ref(), 0..size).await?;
+            return Ok(self.store.put(&self.key, body, &self.opts).await?);
+        }
+        let mut target = self.base_part_size;
+        let plan = loop {
+            let plan = patch.plan(MIN_PART_SIZE, target);
+            if plan.len() <= MAX_PARTS as usize || target >= MAX_PART_SIZE {
+                break plan;
+            }
+            target *= 2;
+        };
+        let id = self.store.create_multipart(&self.key, &self.opts).await?;
+        self.journal_record(&self.key, &id);
+        let outcome = async {
+            let parts = self.run_plan(&plan, &id).await?;
+            Ok::<_, FsError>(
+                self.store
+                    .complete_multipart(&self.key, &id, &parts)
+                    .await?,
+            )
+        }
+        .await;
+        match outcome {
+            Ok(etag) => {
+                self.journal_forget(&id);
+                Ok(etag)
+            }
+            Err(e) => {
+                // The part futures were dropped with the failed stream: none runs on.
+                match self.store.abort_multipart(&self.key, &id).await {
+                    Ok(()) => self.journal_forget(&id),
+                    Err(abort) => {
+                        warn!(key = %self.key, "aborting the multipart upload failed: {abort}")
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends every part of `plan` (a bounded number at once); the first failure stops them all.
+    async fn run_plan(&self, plan: &[PartPlan], id: &str) -> FsResult<Vec<UploadedPart>> {
+        let patch = self.patch.as_ref().expect("called with a patch");
+        let store = self.store.as_ref();
+        let key = self.key.as_str();
+        // Boxed and collected first: a lazily mapped stream of borrowing futures trips the
+        // compiler's higher-ranked lifetime check when the caller is spawned.
+        let parts: Vec<BoxFuture<'_, FsResult<UploadedPart>>> = plan
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                async move {
+                    let number = i as i32 + 1;
+                    match part {
+                        PartPlan::Copy(range) => {
+                            let base = patch.base().expect("copies come from a base");
+                            store
+                                .upload_part_copy(
+                                    key,
+                                    id,
+                                    number,
+                                    &base.key,
+                                    range.clone(),
+                                    base.etag.as_deref(),
+                                )
+                                .await
+                                .map_err(base_error)
+                        }
+                        PartPlan::Upload(range) => {
+                            let len = (range.end - range.start) as usize;
+                            let _permit = hold_budget(&self.budget, len, self.budget_total).await;
+                            let body = patch.assemble(store, range.clone()).await?;
+                            Ok(store.upload_part(key, id, number, body).await?)
+                        }
+                    }
+                }
+                .boxed()
+            })
+            .collect();
+        let mut done: Vec<UploadedPart> = futures::stream::iter(parts)
+            .buffer_unordered(self.parts_in_flight_limit())
+            .try_collect()
+            .await?;
+        done.sort_by_key(|p| p.number);
+        Ok(done)
+    }
+
     /// Drops everything written so far (truncate to 0): the file is empty and open again.
     pub async fn truncate(&mut self) -> FsResult<()> {
         self.closed = false;
         self.abort().await;
+        self.patch = None;
         self.buffer = PartBuffer::default();
         self.buffer_permit = None;
         self.part_budgeted = false;
         self.size = 0;
         // A file without a name stays without one: its content still goes nowhere.
-        if !matches!(self.state, State::Discarded | State::Superseded) {
+        if self.state == State::Orphaned {
+            // Empty now: a patch of nothing, so reads see the empty file.
+            self.base = None;
+            if let Some(disk) = self.disk.clone() {
+                self.patch = PatchFile::new(disk, None).ok();
+            }
+        } else if !matches!(self.state, State::Discarded | State::Superseded) {
             self.state = State::Open;
         }
         Ok(())
@@ -537,12 +833,13 @@ impl<S: ObjectStore> FileWriter<S> {
     async fn fail(&mut self, error: FsError) -> FsError {
         warn!(key = %self.key, "upload failed: {error}");
         self.abort().await;
+        self.patch = None;
         self.buffer = PartBuffer::default();
         self.buffer_permit = None;
         self.part_budgeted = false;
         // The caller gets EIO for data S3 did not take; the specific cause is in the log.
         let error = match error {
-            FsError::FileTooLarge | FsError::AccessDenied(_) => error,
+            FsError::FileTooLarge | FsError::AccessDenied(_) | FsError::Stale => error,
             other => FsError::Io(other.to_string()),
         };
         self.state = State::Failed(error.clone());
@@ -557,6 +854,20 @@ fn joined(
     match result {
         Ok(part) => Ok(part?),
         Err(e) => Err(FsError::Io(format!("part upload task: {e}"))),
+    }
+}
+
+/// Budget for `bytes` of a part being assembled, waiting at most `BUDGET_WAIT` (then the part
+/// goes on without, as `FileWriter::hold_part_budget` explains).
+async fn hold_budget(
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+    total: usize,
+) -> Option<OwnedSemaphorePermit> {
+    let permits = bytes.min(total).min(u32::MAX as usize) as u32;
+    match tokio::time::timeout(BUDGET_WAIT, budget.clone().acquire_many_owned(permits)).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
     }
 }
 
@@ -578,6 +889,13 @@ impl PartBuffer {
         match self {
             Self::Small(b) => b.len(),
             Self::Pooled(b) => b.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Small(b) => b,
+            Self::Pooled(b) => b.as_ref(),
         }
     }
 
@@ -856,7 +1174,12 @@ mod tests {
             w.write(1, b"x").await.unwrap_err().errno(),
             libc::EOPNOTSUPP
         );
-        let mut existing = writer(&store, 8 << 20).existing(5);
+        // Without a disk to keep changed bytes, an existing object cannot change in place.
+        let mut existing = writer(&store, 8 << 20).existing(Base {
+            key: "k".into(),
+            etag: None,
+            size: 5,
+        });
         assert_eq!(
             existing.write(0, b"x").await.unwrap_err().errno(),
             libc::EOPNOTSUPP
@@ -879,5 +1202,110 @@ mod tests {
         w.commit().await.unwrap();
         assert_eq!(&store.inner().get("k").unwrap()[..], b"short");
         assert_eq!(store.inner().open_uploads(), 0);
+    }
+
+    fn disk() -> Arc<DiskCache> {
+        DiskCache::new(crate::fs::disk_cache::DiskCacheConfig {
+            dir: std::env::temp_dir(),
+            max_bytes: 1 << 30,
+            chunk_size: 1 << 20,
+            concurrency: 1,
+        })
+    }
+
+    fn patcher(
+        store: &Arc<FaultyStore<MemoryStore>>,
+        key: &str,
+    ) -> FileWriter<FaultyStore<MemoryStore>> {
+        let info = store.inner().info(key).unwrap();
+        FileWriter::new(
+            store.clone(),
+            key.into(),
+            PutOptions::default(),
+            MIN_PART_SIZE,
+            Arc::new(Semaphore::new(64 << 20)),
+            64 << 20,
+        )
+        .with_disk(Some(disk()))
+        .existing(Base {
+            key: key.into(),
+            etag: info.etag,
+            size: info.size,
+        })
+    }
+
+    #[tokio::test]
+    async fn writes_anywhere_in_a_small_object_rewrite_it_with_one_put() {
+        let store = store();
+        store
+            .inner()
+            .insert("k", Bytes::from_static(b"hello world"));
+        let mut w = patcher(&store, "k");
+        w.write(0, b"J").await.unwrap();
+        w.write(11, b"!").await.unwrap(); // append
+        assert_eq!(&w.read(0, 100).await.unwrap().unwrap()[..], b"Jello world!");
+        assert_eq!(
+            &store.inner().get("k").unwrap()[..],
+            b"hello world",
+            "the old object stays until the commit"
+        );
+        w.commit().await.unwrap();
+        assert_eq!(&store.inner().get("k").unwrap()[..], b"Jello world!");
+        // Committed, then changed again: from the new object.
+        w.truncate_to(5).await.unwrap();
+        w.truncate_to(8).await.unwrap();
+        w.commit().await.unwrap();
+        assert_eq!(&store.inner().get("k").unwrap()[..], b"Jello\0\0\0");
+        assert_eq!(store.calls(Op::CreateMultipart), 0);
+    }
+
+    #[tokio::test]
+    async fn appending_to_a_large_object_copies_it_server_side() {
+        let store = store();
+        let data = crate::testdata::random_bytes(64 << 20, 3);
+        store.inner().insert("k", data.clone());
+        let sent_before = store.bytes_sent();
+        let mut w = patcher(&store, "k");
+        w.write(64 << 20, &[7u8; 1024]).await.unwrap();
+        w.commit().await.unwrap();
+        let sent = store.bytes_sent() - sent_before;
+        assert!(
+            sent <= MIN_PART_SIZE + 1024,
+            "sent {sent} bytes to append 1 KiB"
+        );
+        assert_eq!(store.calls(Op::UploadPartCopy), 1);
+        let stored = store.inner().get("k").unwrap();
+        assert_eq!(stored.len(), (64 << 20) + 1024);
+        assert_eq!(&stored[..64 << 20], &data[..]);
+        assert!(stored[64 << 20..].iter().all(|&b| b == 7));
+        assert_eq!(store.inner().open_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_base_changed_on_the_server_fails_the_commit_and_is_left_alone() {
+        let store = store();
+        store
+            .inner()
+            .insert("k", crate::testdata::random_bytes(20 << 20, 4));
+        let mut w = patcher(&store, "k");
+        w.write(1 << 20, b"change").await.unwrap();
+        // Another client replaces the object meanwhile.
+        let theirs = crate::testdata::random_bytes(20 << 20, 5);
+        store.inner().insert("k", theirs.clone());
+        let err = w.commit().await.unwrap_err();
+        assert_eq!(err.errno(), libc::ESTALE);
+        assert_eq!(store.inner().get("k").unwrap(), theirs, "never a blend");
+        assert_eq!(store.inner().open_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_turns_random_before_its_first_part_keeps_every_byte() {
+        let store = store();
+        let mut w = writer(&store, 8 << 20).with_disk(Some(disk()));
+        w.write(0, b"0123456789").await.unwrap();
+        w.write(2, b"ab").await.unwrap(); // back into the buffered start
+        w.write(12, b"Z").await.unwrap(); // past the end: a hole of zeros
+        w.commit().await.unwrap();
+        assert_eq!(&store.inner().get("k").unwrap()[..], b"01ab456789\0\0Z");
     }
 }

@@ -27,6 +27,7 @@ pub enum Op {
     CompleteMultipart,
     AbortMultipart,
     Copy,
+    UploadPartCopy,
 }
 
 struct Fault {
@@ -55,7 +56,9 @@ pub struct FaultyStore<S> {
     faults: Mutex<Vec<Fault>>,
     chaos: Mutex<Option<Chaos>>,
     injected: AtomicUsize,
-    calls: [AtomicUsize; 11],
+    calls: [AtomicUsize; 12],
+    /// Body bytes sent by PutObject and UploadPart (what a client pushes over the network).
+    bytes_sent: std::sync::atomic::AtomicU64,
     /// Part uploads started and not yet finished (or dropped).
     parts_in_flight: AtomicUsize,
 }
@@ -78,6 +81,7 @@ impl<S: ObjectStore> FaultyStore<S> {
             injected: AtomicUsize::new(0),
             parts_in_flight: AtomicUsize::new(0),
             calls: Default::default(),
+            bytes_sent: Default::default(),
         }
     }
 
@@ -117,6 +121,11 @@ impl<S: ObjectStore> FaultyStore<S> {
     }
 
     /// How many calls of `op` reached this store (failed ones included).
+    /// Body bytes sent by PutObject and UploadPart so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::SeqCst)
+    }
+
     pub fn calls(&self, op: Op) -> usize {
         self.calls[op as usize].load(Ordering::SeqCst)
     }
@@ -196,6 +205,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
         self.check(Op::Put).await?;
+        self.bytes_sent
+            .fetch_add(body.len() as u64, Ordering::SeqCst);
         self.inner.put(key, body, opts).await
     }
 
@@ -219,6 +230,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.parts_in_flight.fetch_add(1, Ordering::SeqCst);
         let _in_flight = InFlight(&self.parts_in_flight);
         self.check(Op::UploadPart).await?;
+        self.bytes_sent
+            .fetch_add(body.len() as u64, Ordering::SeqCst);
         self.inner.upload_part(key, upload_id, number, body).await
     }
 
@@ -229,10 +242,11 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         number: i32,
         source: &str,
         range: Range<u64>,
+        if_match: Option<&str>,
     ) -> StoreResult<UploadedPart> {
-        self.check(Op::UploadPart).await?;
+        self.check(Op::UploadPartCopy).await?;
         self.inner
-            .upload_part_copy(key, upload_id, number, source, range)
+            .upload_part_copy(key, upload_id, number, source, range, if_match)
             .await
     }
 

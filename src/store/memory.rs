@@ -254,8 +254,9 @@ impl ObjectStore for MemoryStore {
         number: i32,
         source: &str,
         range: Range<u64>,
+        if_match: Option<&str>,
     ) -> StoreResult<UploadedPart> {
-        let data = self.get_range(source, range, None).await?;
+        let data = self.get_range(source, range, if_match).await?;
         self.upload_part(key, upload_id, number, data).await
     }
 

@@ -143,7 +143,9 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
     ) -> StoreResult<UploadedPart>;
 
-    /// Copies bytes `range` of `source` into part `number` of an upload (UploadPartCopy).
+    /// Copies bytes `range` of `source` into part `number` of an upload (UploadPartCopy). With
+    /// `if_match` (`x-amz-copy-source-if-match`), fails with `PreconditionFailed` when the
+    /// source's ETag is no longer that one.
     async fn upload_part_copy(
         &self,
         key: &str,
@@ -151,6 +153,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         number: i32,
         source: &str,
         range: Range<u64>,
+        if_match: Option<&str>,
     ) -> StoreResult<UploadedPart>;
 
     /// Completes an upload from its parts, in order. Returns the new ETag.

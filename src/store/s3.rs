@@ -436,6 +436,7 @@ impl ObjectStore for S3Store {
         number: i32,
         source: &str,
         range: Range<u64>,
+        if_match: Option<&str>,
     ) -> StoreResult<UploadedPart> {
         let _permit = self.connection().await;
         let out = self
@@ -447,6 +448,7 @@ impl ObjectStore for S3Store {
             .part_number(number)
             .copy_source(copy_source(&self.bucket, source))
             .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_copy_source_if_match(if_match.map(str::to_string))
             .send()
             .await
             .map_err(classify)?;

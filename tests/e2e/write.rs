@@ -218,21 +218,23 @@ fn touch_truncate_and_editor_style_saves() {
     assert_eq!(bucket.get("existing.txt"), b"old contents");
     let meta = std::fs::metadata(mount.join("existing.txt")).unwrap();
     assert_eq!(meta.mtime(), 981173106);
-    // truncate -s 0 empties; other sizes are refused, and nothing changes.
-    let out = sh(&format!("truncate -s 5 {root}/existing.txt"));
-    assert!(!out.status.success());
+    // truncate -s cuts, grows with zeros, and -s 0 empties.
+    sh_ok(&format!("truncate -s 3 {root}/existing.txt"));
+    assert_eq!(bucket.get("existing.txt"), b"old");
+    sh_ok(&format!("truncate -s 5 {root}/existing.txt"));
+    assert_eq!(bucket.get("existing.txt"), b"old\0\0");
     sh_ok(&format!("truncate -s 0 {root}/existing.txt"));
     assert_eq!(bucket.get("existing.txt"), b"");
-    // Shell redirection overwrites; appending is refused with a clear error.
+    // Shell redirection overwrites, and >> appends.
     sh_ok(&format!("echo first > {root}/f.txt"));
-    let out = sh(&format!("echo more >> {root}/f.txt"));
-    assert!(!out.status.success(), "append must fail");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not supported"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(bucket.get("f.txt"), b"first\n");
+    sh_ok(&format!("echo more >> {root}/f.txt"));
+    assert_eq!(bucket.get("f.txt"), b"first\nmore\n");
+    // A write into the middle (dd conv=notrunc), read back through the mount.
+    sh_ok(&format!(
+        "printf XY | dd of={root}/f.txt bs=1 seek=1 conv=notrunc status=none"
+    ));
+    assert_eq!(bucket.get("f.txt"), b"fXYst\nmore\n");
+    assert_eq!(sh_ok(&format!("cat {root}/f.txt")), "fXYst\nmore\n");
     // Save via temp file + rename, as editors do.
     sh_ok(&format!(
         "printf 'v2' > {root}/.f.txt.swp && mv {root}/.f.txt.swp {root}/f.txt"

@@ -162,3 +162,162 @@ async fn chmod_moves_ctime_and_a_directory_mode_is_read_back() {
     let d = items.iter().find(|i| i.name == "d").unwrap();
     assert_eq!(d.entry.attrs.perm, 0o750);
 }
+
+fn with_disk() -> FsConfig {
+    FsConfig {
+        disk_cache: Some(disk_cache::DiskCacheConfig {
+            dir: std::env::temp_dir(),
+            max_bytes: 1 << 30,
+            chunk_size: 1 << 20,
+            concurrency: 2,
+        }),
+        write_part_size: 5 << 20,
+        ..FsConfig::default()
+    }
+}
+
+async fn open_path(fs: &TestFs, path: &str, flags: i32) -> u64 {
+    let entry = lookup_path(fs, path).await.unwrap();
+    fs.open(entry.ino, flags).await.unwrap()
+}
+
+async fn close(fs: &TestFs, fh: u64) -> FsResult<()> {
+    let committed = fs.commit(fh).await;
+    fs.release(fh).await;
+    committed
+}
+
+#[tokio::test]
+async fn append_pwrite_and_truncate_change_existing_objects_in_place() {
+    let (store, fs) = fs_with(&[("f", "hello")], with_disk());
+    // >> : O_APPEND writes arrive at the end the kernel knows.
+    let fh = open_path(&fs, "f", libc::O_WRONLY | libc::O_APPEND).await;
+    fs.write(fh, 5, b" world").await.unwrap();
+    close(&fs, fh).await.unwrap();
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"hello world");
+    // pwrite into the middle, through O_RDWR, reading back its own writes before the close.
+    let fh = open_path(&fs, "f", libc::O_RDWR).await;
+    fs.write(fh, 0, b"J").await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"Jello world");
+    close(&fs, fh).await.unwrap();
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"Jello world");
+    // truncate(path, n) to a larger size reads back zeros; to a smaller one cuts.
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let grown = fs
+        .setattr(
+            f.ino,
+            SetAttr {
+                size: Some(14),
+                ..SetAttr::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(grown.attrs.size, 14);
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"Jello world\0\0\0");
+    fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(5),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(&read_all(&fs, "f").await.unwrap()[..], b"Jello");
+}
+
+#[tokio::test]
+async fn a_file_renamed_while_changed_in_place_keeps_old_and_new_bytes() {
+    let data = crate::testdata::random_bytes(12 << 20, 9);
+    let (store, fs) = fs_with(&[], with_disk());
+    store.inner().insert("a", data.clone());
+    let fh = open_path(&fs, "a", libc::O_WRONLY).await;
+    fs.write(fh, 6 << 20, b"MIDDLE").await.unwrap();
+    fs.rename(ROOT_INO, OsStr::new("a"), ROOT_INO, OsStr::new("b"), false)
+        .await
+        .unwrap();
+    fs.write(fh, 12 << 20, b"END").await.unwrap();
+    close(&fs, fh).await.unwrap();
+    let mut expected = data.clone();
+    expected[6 << 20..(6 << 20) + 6].copy_from_slice(b"MIDDLE");
+    expected.extend_from_slice(b"END");
+    assert!(store.inner().get("a").is_none());
+    assert_eq!(store.inner().get("b").unwrap(), expected);
+    assert_eq!(store.inner().open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn ftruncate_of_a_new_file_then_writes_anywhere() {
+    let (store, fs) = fs_with(&[], with_disk());
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("n"), 0o644, ROOT)
+        .await
+        .unwrap();
+    let f = lookup_path(&fs, "n").await.unwrap();
+    fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(8 << 20),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    fs.write(fh, 7 << 20, b"tail").await.unwrap();
+    fs.write(fh, 0, b"head").await.unwrap();
+    close(&fs, fh).await.unwrap();
+    let stored = store.inner().get("n").unwrap();
+    assert_eq!(stored.len(), 8 << 20);
+    assert_eq!(&stored[..4], b"head");
+    assert_eq!(&stored[7 << 20..(7 << 20) + 4], b"tail");
+    assert!(stored[4..7 << 20].iter().all(|&b| b == 0));
+}
+
+#[tokio::test]
+async fn an_open_file_unlinked_goes_on_reading_and_writing_until_its_last_close() {
+    let (store, fs) = fs_with(&[("f", "stored bytes")], with_disk());
+    let reader = open_path(&fs, "f", libc::O_RDONLY).await;
+    let rw = open_path(&fs, "f", libc::O_RDWR).await;
+    let f = lookup_path(&fs, "f").await.unwrap();
+    fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
+    // The name is gone at once, in lookups and listings.
+    assert_eq!(
+        lookup_path(&fs, "f").await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert!(!names_in(&fs, "", true).await.iter().any(|(n, _)| n == "f"));
+    // fstat: no links any more.
+    assert!(fs.getattr(f.ino).await.unwrap().attrs.unlinked);
+    // Reads and writes go on.
+    assert_eq!(&fs.read(reader, 0, 6).await.unwrap()[..], b"stored");
+    fs.write(rw, 0, b"STORED").await.unwrap();
+    assert_eq!(&fs.read(rw, 0, 100).await.unwrap()[..], b"STORED bytes");
+    close(&fs, rw).await.unwrap();
+    assert!(store.inner().get("f").is_some(), "kept for the reader");
+    assert_eq!(
+        &store.inner().get("f").unwrap()[..],
+        b"stored bytes",
+        "an unlinked file's writes are never uploaded"
+    );
+    close(&fs, reader).await.unwrap();
+    assert!(
+        store.inner().get("f").is_none(),
+        "deleted at the last close"
+    );
+}
+
+#[tokio::test]
+async fn a_new_file_under_an_unlinked_open_name_replaces_it_for_good() {
+    let (store, fs) = fs_with(&[("f", "old")], with_disk());
+    let reader = open_path(&fs, "f", libc::O_RDONLY).await;
+    fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
+    write_file(&fs, "f", b"new").await.unwrap();
+    close(&fs, reader).await.unwrap();
+    assert_eq!(
+        &store.inner().get("f").unwrap()[..],
+        b"new",
+        "the old file's last close must not delete the new object"
+    );
+    assert_eq!(&read_all(&fs, "f").await.unwrap()[..], b"new");
+}

@@ -1,0 +1,486 @@
+//! The content of a file changed in place: an existing object (the *base*, pinned to the ETag
+//! seen at open) plus the ranges written since, kept in an unnamed scratch file on local disk
+//! (bounded by the disk cache, `--max-cache-size`). Nothing reaches S3 until the commit, which
+//! composes the new object in one multipart upload: unchanged ranges of the base large enough
+//! to be parts are copied server-side (UploadPartCopy, conditioned on the base's ETag), the
+//! rest is uploaded. A base that changed on the server fails the commit (ESTALE) and leaves the
+//! server's object untouched: never a blend of two versions.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::warn;
+
+use super::disk_cache::DiskCache;
+use super::error::{FsError, FsResult};
+use super::write::MIN_PART_SIZE;
+use crate::store::{ObjectStore, StoreError};
+
+/// S3's largest part, for UploadPartCopy too.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// The object a patched file started from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub key: String,
+    pub etag: Option<String>,
+    pub size: u64,
+}
+
+/// Where the bytes of one range of the new content come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Written since the open: in the scratch file.
+    Dirty,
+    /// Unchanged from the base object.
+    Base,
+    /// Past the end of what the base still provides (a file grown by truncate or by a write
+    /// beyond its end): zeros.
+    Zero,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub range: Range<u64>,
+    pub source: Source,
+}
+
+/// One part of the composed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartPlan {
+    /// Copied server-side from the same range of the base.
+    Copy(Range<u64>),
+    /// Assembled here and uploaded.
+    Upload(Range<u64>),
+}
+
+pub struct PatchFile {
+    file: File,
+    disk: Arc<DiskCache>,
+    base: Option<Base>,
+    /// Bytes of the base still part of the file: a truncate below it drops the rest for good,
+    /// even if the file grows again (those bytes read as zeros then).
+    valid_base: u64,
+    size: u64,
+    /// Written ranges, start -> end: disjoint, and merged when they touch.
+    dirty: BTreeMap<u64, u64>,
+    /// Disk cache bytes held for the written ranges (their total length).
+    reserved: u64,
+}
+
+impl PatchFile {
+    /// A patch of `base` (None: a file with no object yet, starting empty).
+    pub fn new(disk: Arc<DiskCache>, base: Option<Base>) -> FsResult<Self> {
+        let file = disk.scratch_file().map_err(|e| {
+            warn!("no scratch file for a file written in place: {e}");
+            FsError::NoSpace
+        })?;
+        let size = base.as_ref().map_or(0, |b| b.size);
+        Ok(Self {
+            file,
+            disk,
+            base,
+            valid_base: size,
+            size,
+            dirty: BTreeMap::new(),
+            reserved: 0,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn base(&self) -> Option<&Base> {
+        self.base.as_ref()
+    }
+
+    /// The base object was copied to a new key (the file was renamed).
+    pub fn rebase(&mut self, key: String, etag: Option<String>) {
+        if let Some(base) = &mut self.base {
+            base.key = key;
+            base.etag = etag;
+        }
+    }
+
+    /// Bytes written since the open (kept on local disk).
+    pub fn dirty_bytes(&self) -> u64 {
+        self.reserved
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooLarge)?;
+        let new_bytes = data.len() as u64 - self.dirty_overlap(offset..end);
+        if !self.disk.reserve(new_bytes) {
+            warn!(
+                bytes = new_bytes,
+                "the disk cache (--max-cache-size) cannot hold more changed bytes: ENOSPC"
+            );
+            return Err(FsError::NoSpace);
+        }
+        if let Err(e) = self.file.write_all_at(data, offset) {
+            self.disk.release(new_bytes);
+            warn!("writing the scratch file failed: {e}");
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
+                Some(libc::EFBIG) => FsError::FileTooLarge,
+                _ => FsError::Io(e.to_string()),
+            });
+        }
+        self.reserved += new_bytes;
+        self.mark_dirty(offset..end);
+        self.size = self.size.max(end);
+        Ok(())
+    }
+
+    pub fn truncate(&mut self, size: u64) {
+        if size < self.size {
+            self.valid_base = self.valid_base.min(size);
+            let cut: Vec<(u64, u64)> = self
+                .dirty
+                .range(..)
+                .filter(|(_, &end)| end > size)
+                .map(|(&s, &e)| (s, e))
+                .collect();
+            for (start, end) in cut {
+                self.dirty.remove(&start);
+                if start < size {
+                    self.dirty.insert(start, size);
+                }
+                let dropped = end - start.max(size);
+                self.reserved -= dropped;
+                self.disk.release(dropped);
+            }
+            // Frees the scratch file's blocks past the new end.
+            if let Err(e) = self.file.set_len(size) {
+                warn!("shrinking the scratch file failed: {e}");
+            }
+        }
+        self.size = size;
+    }
+
+    fn dirty_overlap(&self, range: Range<u64>) -> u64 {
+        self.dirty
+            .range(..range.end)
+            .rev()
+            .take_while(|(_, &end)| end > range.start)
+            .map(|(&start, &end)| end.min(range.end) - start.max(range.start))
+            .sum()
+    }
+
+    fn mark_dirty(&mut self, range: Range<u64>) {
+        let (mut start, mut end) = (range.start, range.end);
+        let touching: Vec<(u64, u64)> = self
+            .dirty
+            .range(..=end)
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.dirty.remove(&s);
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.dirty.insert(start, end);
+    }
+
+    /// Where each byte of `range` comes from, in order, in maximal segments.
+    pub fn segments(&self, range: Range<u64>) -> Vec<Segment> {
+        let end = range.end.min(self.size);
+        let mut out = Vec::new();
+        let mut push = |range: Range<u64>, source: Source| {
+            if range.is_empty() {
+                return;
+            }
+            match out.last_mut() {
+                Some(Segment {
+                    range: last,
+                    source: s,
+                }) if *s == source && last.end == range.start => last.end = range.end,
+                _ => out.push(Segment { range, source }),
+            }
+        };
+        let mut pos = range.start;
+        while pos < end {
+            // The written range holding `pos`, or else the next one after it.
+            let holding = self
+                .dirty
+                .range(..=pos)
+                .next_back()
+                .filter(|(_, &e)| e > pos);
+            if let Some((_, &dirty_end)) = holding {
+                let to = dirty_end.min(end);
+                push(pos..to, Source::Dirty);
+                pos = to;
+                continue;
+            }
+            let next_dirty = self
+                .dirty
+                .range(pos..)
+                .next()
+                .map_or(end, |(&s, _)| s.min(end));
+            if pos < self.valid_base {
+                let to = next_dirty.min(self.valid_base);
+                push(pos..to, Source::Base);
+                pos = to;
+            } else {
+                push(pos..next_dirty, Source::Zero);
+                pos = next_dirty;
+            }
+        }
+        out
+    }
+
+    /// The parts of the new object: unchanged base runs of at least `min_copy` bytes are copied
+    /// (at most 5 GiB a part), everything else is uploaded in parts of up to `target` bytes.
+    /// Every part but the last holds at least S3's 5 MiB.
+    pub fn plan(&self, min_copy: u64, target: u64) -> Vec<PartPlan> {
+        let min_copy = min_copy.max(MIN_PART_SIZE);
+        let target = target.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
+        let segments = self.segments(0..self.size);
+        let segment_at = |pos: u64| -> &Segment {
+            let i = segments.partition_point(|s| s.range.end <= pos);
+            &segments[i]
+        };
+        // Bytes of unchanged base from `pos` on.
+        let base_run = |pos: u64| -> u64 {
+            let s = segment_at(pos);
+            if s.source == Source::Base {
+                s.range.end - pos
+            } else {
+                0
+            }
+        };
+        let mut parts = Vec::new();
+        let mut pos = 0;
+        while pos < self.size {
+            let run = base_run(pos);
+            if run >= min_copy {
+                let len = run.min(MAX_PART_SIZE);
+                parts.push(PartPlan::Copy(pos..pos + len));
+                pos += len;
+                continue;
+            }
+            let start = pos;
+            let limit = (start + target).min(self.size);
+            let mut end = start;
+            while end < limit {
+                let run_here = base_run(end);
+                let long_run = run_here >= min_copy;
+                if long_run && end - start >= MIN_PART_SIZE {
+                    break; // the run is copied as a part of its own
+                }
+                let mut next = segment_at(end).range.end.min(limit);
+                if long_run {
+                    // Only as much of the run as this part needs to reach S3's minimum.
+                    next = next.min(start + MIN_PART_SIZE);
+                }
+                end = next;
+            }
+            parts.push(PartPlan::Upload(start..end));
+            pos = end;
+        }
+        parts
+    }
+
+    /// The bytes of `range` of the new content: written bytes from the scratch file, the
+    /// base's from S3 (pinned to its ETag), zeros past the base.
+    pub async fn assemble<S: ObjectStore>(&self, store: &S, range: Range<u64>) -> FsResult<Bytes> {
+        let end = range.end.min(self.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(range.start) as usize);
+        for segment in self.segments(range.start..end) {
+            let Range { start, end } = segment.range.clone();
+            match segment.source {
+                Source::Dirty => {
+                    let at = out.len();
+                    out.resize(at + (end - start) as usize, 0);
+                    self.file
+                        .read_exact_at(&mut out[at..], start)
+                        .map_err(|e| FsError::Io(format!("reading the scratch file: {e}")))?;
+                }
+                Source::Zero => out.resize(out.len() + (end - start) as usize, 0),
+                Source::Base => {
+                    let base = self.base.as_ref().expect("base bytes need a base");
+                    let bytes = store
+                        .get_range(&base.key, start..end, base.etag.as_deref())
+                        .await
+                        .map_err(base_error)?;
+                    if bytes.len() as u64 != end - start {
+                        // Shorter than it was at open: it changed on the server.
+                        return Err(FsError::Stale);
+                    }
+                    out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+/// An error reading or copying the base: gone or changed means the file changed on the server
+/// since it was opened (ESTALE).
+pub fn base_error(e: StoreError) -> FsError {
+    match e {
+        StoreError::NotFound | StoreError::PreconditionFailed => FsError::Stale,
+        other => other.into(),
+    }
+}
+
+impl Drop for PatchFile {
+    fn drop(&mut self) {
+        self.disk.release(self.reserved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::disk_cache::DiskCacheConfig;
+    use crate::store::memory::MemoryStore;
+
+    const MIB: u64 = 1 << 20;
+
+    fn disk(max_bytes: u64) -> Arc<DiskCache> {
+        DiskCache::new(DiskCacheConfig {
+            dir: std::env::temp_dir(),
+            max_bytes,
+            chunk_size: MIB,
+            concurrency: 1,
+        })
+    }
+
+    fn patch_of(size: u64) -> PatchFile {
+        let base = Base {
+            key: "k".into(),
+            etag: None,
+            size,
+        };
+        PatchFile::new(disk(1 << 30), Some(base)).unwrap()
+    }
+
+    #[test]
+    fn segments_follow_writes_truncates_and_growth() {
+        let mut p = patch_of(100);
+        p.write(10, &[1; 10]).unwrap();
+        p.write(15, &[2; 10]).unwrap(); // overlaps and extends
+        p.write(25, &[3; 5]).unwrap(); // touches: merged
+        assert_eq!(p.dirty_bytes(), 20);
+        p.truncate(50);
+        p.truncate(60); // grows: 50..60 is zeros, not the base
+        p.write(70, &[4; 2]).unwrap(); // beyond the end: a hole of zeros
+        let got: Vec<(Range<u64>, Source)> = p
+            .segments(0..p.size())
+            .into_iter()
+            .map(|s| (s.range, s.source))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0..10, Source::Base),
+                (10..30, Source::Dirty),
+                (30..50, Source::Base),
+                (50..70, Source::Zero),
+                (70..72, Source::Dirty),
+            ]
+        );
+        p.truncate(20);
+        assert_eq!(p.dirty_bytes(), 10, "bytes cut off are given back");
+    }
+
+    #[test]
+    fn an_append_to_a_large_object_copies_all_but_its_last_part() {
+        let mut p = patch_of(1 << 30);
+        p.write(1 << 30, &[9; 1024]).unwrap();
+        let plan = p.plan(MIN_PART_SIZE, 8 * MIB);
+        let uploaded: u64 = plan
+            .iter()
+            .map(|part| match part {
+                PartPlan::Upload(r) => r.end - r.start,
+                PartPlan::Copy(_) => 0,
+            })
+            .sum();
+        // The last part may be small: the whole old object is one copy.
+        assert_eq!(plan.len(), 2, "{plan:?}");
+        assert_eq!(uploaded, 1024, "only the new bytes go up: {plan:?}");
+        assert_eq!(plan[0], PartPlan::Copy(0..1 << 30));
+    }
+
+    #[test]
+    fn every_plan_covers_the_file_with_valid_parts() {
+        let mut rng = crate::testdata::SeededRng::new(7);
+        for round in 0..200 {
+            let size = rng.next_u64() % (64 * MIB);
+            let mut p = patch_of(size);
+            for _ in 0..(rng.next_u64() % 6) {
+                let at = rng.next_u64() % (size + 2 * MIB);
+                let len = 1 + rng.next_u64() % (3 * MIB);
+                match rng.next_u64() % 3 {
+                    0 => p.truncate(at),
+                    _ => p.write(at, &vec![1; len as usize]).unwrap(),
+                }
+            }
+            let plan = p.plan(MIN_PART_SIZE, 8 * MIB);
+            let mut pos = 0;
+            for (i, part) in plan.iter().enumerate() {
+                let r = match part {
+                    PartPlan::Copy(r) => {
+                        let s = p.segments(r.clone());
+                        assert!(
+                            s.len() == 1 && s[0].source == Source::Base,
+                            "round {round}: a copy of changed bytes {s:?}"
+                        );
+                        r
+                    }
+                    PartPlan::Upload(r) => r,
+                };
+                assert_eq!(r.start, pos, "round {round}: parts are contiguous");
+                assert!(r.end > r.start);
+                if i + 1 < plan.len() {
+                    assert!(r.end - r.start >= MIN_PART_SIZE, "round {round}: {plan:?}");
+                }
+                pos = r.end;
+            }
+            assert_eq!(pos, p.size(), "round {round}: the plan covers the file");
+        }
+    }
+
+    #[tokio::test]
+    async fn assembled_bytes_mix_base_writes_and_zeros() {
+        let store = MemoryStore::new();
+        store.insert("k", Bytes::from_static(b"abcdefghij"));
+        let mut p = patch_of(10);
+        p.write(2, b"XY").unwrap();
+        p.truncate(8);
+        p.truncate(12);
+        p.write(11, b"!").unwrap();
+        let got = p.assemble(&store, 0..12).await.unwrap();
+        assert_eq!(&got[..], b"abXYefgh\0\0\0!");
+        let middle = p.assemble(&store, 3..6).await.unwrap();
+        assert_eq!(&middle[..], b"Yef");
+    }
+
+    #[test]
+    fn a_full_disk_cache_refuses_with_enospc_and_changes_nothing() {
+        let base = Base {
+            key: "k".into(),
+            etag: None,
+            size: 10,
+        };
+        let mut p = PatchFile::new(disk(MIB), Some(base)).unwrap();
+        p.write(0, &vec![1; MIB as usize]).unwrap();
+        assert_eq!(p.write(MIB, &[1]).unwrap_err().errno(), libc::ENOSPC);
+        assert_eq!(p.size(), MIB);
+        // Rewriting bytes already held needs no more room.
+        p.write(0, &[2; 100]).unwrap();
+    }
+}
