@@ -133,6 +133,11 @@ pub struct Cli {
     #[arg(long)]
     pub stat_metadata: bool,
 
+    /// How long the presigned GET URL in the `bucketfs.presigned_url` attribute is valid
+    /// (90s, 30m, 24h, 7d; S3 allows at most 7 days)
+    #[arg(long, value_name = "AGE", value_parser = parse_presign_expiry, default_value = "1h")]
+    pub presign_expiry: std::time::Duration,
+
     /// Largest number of S3 requests (and so connections) in flight
     #[arg(long, value_name = "N", default_value = "64")]
     pub max_connections: usize,
@@ -187,6 +192,15 @@ impl Cli {
             None => PathBuf::from("/var/lib/bucketfs"),
         }
     }
+}
+
+/// A presigned URL's validity: 1 s to 7 days (SigV4's limit).
+fn parse_presign_expiry(value: &str) -> Result<std::time::Duration, String> {
+    let age = parse_age(value)?;
+    if age.is_zero() || age > std::time::Duration::from_secs(7 * 86400) {
+        return Err(format!("'{value}': a presigned URL is valid 1s to 7d"));
+    }
+    Ok(age)
 }
 
 /// An age like 90s, 30m, 24h or 7d (a bare number is seconds).

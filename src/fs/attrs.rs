@@ -378,6 +378,8 @@ mod tests {
             last_modified: SystemTime::UNIX_EPOCH,
             user_metadata: meta(&[("mode", mode), ("rdev", "2049")]),
             content_type: None,
+            storage_class: None,
+            version_id: None,
         };
         let defaults = AttrDefaults::default();
         let link = Attributes::file(&object("41471"), &defaults); // 0120777
@@ -407,6 +409,8 @@ mod tests {
             last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(99),
             user_metadata: meta(&[("mode", "33261"), ("uid", "1000"), ("mtime", "7")]),
             content_type: None,
+            storage_class: None,
+            version_id: None,
         };
         let attrs = Attributes::file(&info, &AttrDefaults::default());
         assert_eq!(attrs.perm, 0o755);

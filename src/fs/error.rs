@@ -41,6 +41,15 @@ pub enum FsError {
     /// The local disk space for changed bytes of files being written is used up.
     #[error("no space left for changed bytes (--max-cache-size)")]
     NoSpace,
+    /// No such extended attribute.
+    #[error("no such attribute")]
+    NoData,
+    /// More user metadata than S3 keeps (2 KiB).
+    #[error("argument list too long")]
+    TooBig,
+    /// An operation the object does not allow (a read-only attribute, a hard link).
+    #[error("operation not permitted")]
+    PermissionDenied,
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -68,6 +77,9 @@ impl FsError {
             FsError::Invalid => libc::EINVAL,
             FsError::FileTooLarge => libc::EFBIG,
             FsError::NoSpace => libc::ENOSPC,
+            FsError::NoData => libc::ENODATA,
+            FsError::TooBig => libc::E2BIG,
+            FsError::PermissionDenied => libc::EPERM,
             FsError::Io(_) => libc::EIO,
         }
     }

@@ -15,6 +15,7 @@ pub mod patch;
 pub mod read;
 pub mod special;
 pub mod write;
+pub mod xattr;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -73,6 +74,10 @@ pub struct FsConfig {
     pub stat_metadata: bool,
     /// Local disk staging for random readers (`--cache-dir`, `--max-cache-size`).
     pub disk_cache: Option<DiskCacheConfig>,
+    /// The bucket, for the `bucketfs.uri` attribute.
+    pub bucket_name: String,
+    /// How long a presigned URL (`bucketfs.presigned_url`) is valid.
+    pub presign_expiry: Duration,
 }
 
 impl Default for FsConfig {
@@ -90,6 +95,8 @@ impl Default for FsConfig {
             upload: PutOptions::default(),
             stat_metadata: false,
             disk_cache: None,
+            bucket_name: "bucket".to_string(),
+            presign_expiry: Duration::from_secs(3600),
         }
     }
 }

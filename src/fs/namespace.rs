@@ -18,6 +18,7 @@ use super::names::{child_key, validate_component};
 use super::patch::Base;
 use super::read::FileReader;
 use super::write::FileWriter;
+use super::xattr::user_attributes;
 use super::{Entry, FileHandle, Fs};
 use crate::store::{ObjectStore, PutOptions, StoreError};
 
@@ -156,7 +157,10 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    fn inode_parts(&self, ino: u64) -> FsResult<(u64, String, String, Attributes, bool)> {
+    pub(super) fn inode_parts(
+        &self,
+        ino: u64,
+    ) -> FsResult<(u64, String, String, Attributes, bool)> {
         let inodes = self.inodes.lock().unwrap();
         let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
         Ok((
@@ -318,7 +322,20 @@ impl<S: ObjectStore> Fs<S> {
             ctime: now,
             ..attrs.clone()
         };
-        let opts = self.put_options(&name, &new_attrs);
+        let mut opts = self.put_options(&name, &new_attrs);
+        let stored = !self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .is_some_and(|i| i.is_pending());
+        if stored {
+            // The new content keeps the object's user attributes (xattrs), as a file's
+            // content change keeps them on any POSIX filesystem.
+            let mut metadata = self.stored_user_attributes(&key).await?;
+            metadata.extend(opts.user_metadata);
+            opts.user_metadata = metadata;
+        }
         let mut writer = self.new_writer(key.clone(), opts);
         let truncate = flags & libc::O_TRUNC != 0;
         if !truncate {
@@ -370,7 +387,20 @@ impl<S: ObjectStore> Fs<S> {
         Ok(self.new_handle(ino, FileHandle::Write(writer)))
     }
 
-    fn writer_of(&self, ino: u64) -> Option<super::SharedWriter<S>> {
+    /// The user attributes (non-POSIX user metadata) of the object at `key`; none when it is
+    /// gone.
+    async fn stored_user_attributes(
+        &self,
+        key: &str,
+    ) -> FsResult<std::collections::HashMap<String, String>> {
+        match self.store.head(key).await {
+            Ok(info) => Ok(user_attributes(&info.user_metadata)),
+            Err(StoreError::NotFound) => Ok(Default::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) fn writer_of(&self, ino: u64) -> Option<super::SharedWriter<S>> {
         let inodes = self.inodes.lock().unwrap();
         inodes.get(ino).and_then(|i| i.writer().cloned())
     }
@@ -683,7 +713,10 @@ impl<S: ObjectStore> Fs<S> {
             let persisted_by_writer = match &writer {
                 Some(writer) => {
                     let mut writer = writer.lock().await;
-                    *writer.opts_mut() = self.put_options(&name, &new_attrs);
+                    // New POSIX headers; the user attributes the writer carries stay.
+                    let mut metadata = user_attributes(&writer.opts().user_metadata);
+                    metadata.extend(self.put_options(&name, &new_attrs).user_metadata);
+                    writer.opts_mut().user_metadata = metadata;
                     writer.is_dirty()
                 }
                 None => false,
@@ -739,7 +772,7 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     /// CopyObject, or a multipart UploadPartCopy for objects over 5 GiB (journaled).
-    async fn copy_object(
+    pub(super) async fn copy_object(
         &self,
         source: &str,
         dest: &str,

@@ -270,6 +270,10 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.inner.list_uploads(prefix).await
     }
 
+    async fn presign_get(&self, key: &str, expires: Duration) -> StoreResult<String> {
+        self.inner.presign_get(key, expires).await
+    }
+
     async fn copy(
         &self,
         source: &str,

@@ -92,6 +92,8 @@ impl MemoryStore {
             last_modified: SystemTime::now(),
             user_metadata: opts.user_metadata.clone(),
             content_type: opts.content_type.clone(),
+            storage_class: opts.storage_class.clone(),
+            version_id: None,
         };
         self.objects
             .lock()
@@ -309,6 +311,13 @@ impl ObjectStore for MemoryStore {
             .collect();
         found.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
         Ok(found)
+    }
+
+    async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {
+        if !self.objects.lock().unwrap().contains_key(key) {
+            return Err(StoreError::NotFound);
+        }
+        Ok(format!("memory:///{key}?expires={}", expires.as_secs()))
     }
 
     async fn copy(

@@ -52,6 +52,10 @@ pub struct ObjectInfo {
     pub last_modified: SystemTime,
     pub user_metadata: HashMap<String, String>,
     pub content_type: Option<String>,
+    /// Only from `head`; `None` from listings (and for STANDARD on servers that omit it).
+    pub storage_class: Option<String>,
+    /// Only from `head`, on versioned buckets.
+    pub version_id: Option<String>,
 }
 
 /// One page of a delimited listing, in the store's key order.
@@ -169,6 +173,10 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Every upload under `prefix` that is neither completed nor aborted (all pages).
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>>;
+
+    /// A presigned GET URL of `key`, valid for `expires`: anyone holding it can download the
+    /// object without credentials. It carries a signature: never log it.
+    async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String>;
 
     /// Server-side copy of an object up to 5 GiB (CopyObject), with the mount's storage class,
     /// encryption and ACL from `opts`. With `replace_metadata` the copy gets `opts`' content

@@ -254,6 +254,8 @@ impl ObjectStore for S3Store {
             last_modified: to_system_time(out.last_modified()),
             user_metadata: out.metadata().cloned().unwrap_or_else(HashMap::new),
             content_type: out.content_type().map(str::to_string),
+            storage_class: out.storage_class().map(|c| c.as_str().to_string()),
+            version_id: out.version_id().map(str::to_string),
         })
     }
 
@@ -302,6 +304,8 @@ impl ObjectStore for S3Store {
                     last_modified: to_system_time(o.last_modified()),
                     user_metadata: HashMap::new(),
                     content_type: None,
+                    storage_class: None,
+                    version_id: None,
                 })
             })
             .collect();
@@ -540,6 +544,20 @@ impl ObjectStore for S3Store {
                 return Ok(found);
             }
         }
+    }
+
+    async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires)
+            .map_err(|e| StoreError::InvalidRequest(format!("presigning: {e}")))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| StoreError::Other(format!("presigning failed: {e}")))?;
+        Ok(request.uri().to_string())
     }
 
     async fn copy(

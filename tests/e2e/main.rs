@@ -4,6 +4,7 @@
 
 mod cli;
 mod cluster;
+mod posix;
 mod read;
 mod support;
 mod trust;

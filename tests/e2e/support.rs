@@ -215,6 +215,21 @@ impl TestBucket {
         })
     }
 
+    /// The user metadata the server holds for `key` (names without `x-amz-meta-`).
+    pub fn metadata(&self, key: &str) -> std::collections::HashMap<String, String> {
+        runtime().block_on(async {
+            let out = self
+                .client
+                .head_object()
+                .bucket(&self.name)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
+            out.metadata().cloned().unwrap_or_default()
+        })
+    }
+
     /// Multipart uploads neither completed nor aborted: (key, upload id).
     pub fn open_uploads(&self) -> Vec<(String, String)> {
         runtime().block_on(async {

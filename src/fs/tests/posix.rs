@@ -321,3 +321,98 @@ async fn a_new_file_under_an_unlinked_open_name_replaces_it_for_good() {
     );
     assert_eq!(&read_all(&fs, "f").await.unwrap()[..], b"new");
 }
+
+#[tokio::test]
+async fn user_xattrs_are_object_metadata_and_survive_content_changes() {
+    let (store, fs) = fs_with(&[], with_disk());
+    write_file(&fs, "f", b"content").await.unwrap();
+    let f = lookup_path(&fs, "f").await.unwrap();
+    fs.setxattr(f.ino, OsStr::new("user.origin"), b"https://x", 0)
+        .await
+        .unwrap();
+    fs.setxattr(f.ino, OsStr::new("user.bin"), b"\x00\xff", 0)
+        .await
+        .unwrap();
+    let info = store.inner().info("f").unwrap();
+    assert_eq!(info.user_metadata["origin"], "https://x");
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"content");
+    // Read back by a fresh mount; listed without the POSIX headers.
+    let fresh = Fs::new(store.clone(), with_disk());
+    let again = lookup_path(&fresh, "f").await.unwrap();
+    assert_eq!(
+        fresh.listxattr(again.ino).await.unwrap(),
+        vec!["user.bin".to_string(), "user.origin".to_string()]
+    );
+    assert_eq!(
+        fresh
+            .getxattr(again.ino, OsStr::new("user.bin"))
+            .await
+            .unwrap(),
+        b"\x00\xff"
+    );
+    // XATTR_CREATE on an existing name, XATTR_REPLACE and remove of a missing one.
+    let create = fresh
+        .setxattr(again.ino, OsStr::new("user.origin"), b"y", 1)
+        .await;
+    assert_eq!(create.unwrap_err().errno(), libc::EEXIST);
+    let replace = fresh
+        .setxattr(again.ino, OsStr::new("user.none"), b"y", 2)
+        .await;
+    assert_eq!(replace.unwrap_err().errno(), libc::ENODATA);
+    // S3 keeps 2 KiB of user metadata.
+    let big = fresh
+        .setxattr(again.ino, OsStr::new("user.big"), &[b'x'; 2100], 0)
+        .await;
+    assert_eq!(big.unwrap_err().errno(), libc::E2BIG);
+    // An overwrite and an append keep them.
+    let fh = open_path(&fresh, "f", libc::O_WRONLY | libc::O_APPEND).await;
+    fresh.write(fh, 7, b"+").await.unwrap();
+    close(&fresh, fh).await.unwrap();
+    let fh = open_path(&fresh, "f", libc::O_WRONLY | libc::O_TRUNC).await;
+    fresh.write(fh, 0, b"new").await.unwrap();
+    close(&fresh, fh).await.unwrap();
+    let info = store.inner().info("f").unwrap();
+    assert_eq!(info.user_metadata["origin"], "https://x");
+    fresh
+        .removexattr(again.ino, OsStr::new("user.origin"))
+        .await
+        .unwrap();
+    assert!(!store
+        .inner()
+        .info("f")
+        .unwrap()
+        .user_metadata
+        .contains_key("origin"));
+    // Attributes of other namespaces are absent, at no cost.
+    let selinux = fresh
+        .getxattr(again.ino, OsStr::new("security.selinux"))
+        .await;
+    assert_eq!(selinux.unwrap_err().errno(), libc::ENODATA);
+}
+
+#[tokio::test]
+async fn read_only_attributes_describe_the_object() {
+    let (store, fs) = fs_with(&[("d/f.txt", "abc")], with_disk());
+    let f = lookup_path(&fs, "d/f.txt").await.unwrap();
+    let get = |name: &'static str| fs.getxattr(f.ino, OsStr::new(name));
+    let etag = store.inner().info("d/f.txt").unwrap().etag.unwrap();
+    assert_eq!(get("bucketfs.etag").await.unwrap(), etag.as_bytes());
+    assert_eq!(get("bucketfs.uri").await.unwrap(), b"s3://bucket/d/f.txt");
+    assert_eq!(get("bucketfs.storage_class").await.unwrap(), b"STANDARD");
+    assert!(get("bucketfs.presigned_url")
+        .await
+        .unwrap()
+        .starts_with(b"memory:///d/f.txt"));
+    assert_eq!(
+        get("bucketfs.nope").await.unwrap_err().errno(),
+        libc::ENODATA
+    );
+    let set = fs
+        .setxattr(f.ino, OsStr::new("bucketfs.etag"), b"x", 0)
+        .await;
+    assert_eq!(set.unwrap_err().errno(), libc::EPERM);
+    assert!(
+        fs.listxattr(f.ino).await.unwrap().is_empty(),
+        "never listed"
+    );
+}

@@ -1,0 +1,330 @@
+//! Extended attributes. `user.NAME` is the object's user metadata `x-amz-meta-NAME` (as goofys
+//! and geesefs store them), changed by a server-side self-copy; S3's 2 KiB limit on user
+//! metadata is enforced with E2BIG. `bucketfs.*` names are read-only and describe the object
+//! (its ETag, storage class, content type, version id, `s3://` URI, and a presigned GET URL);
+//! they are read by name only and never listed, so `cp --preserve=xattr` and `rsync -X` copy
+//! the user attributes and nothing else.
+//!
+//! Header values must be printable ASCII: other values (binary, UTF-8, leading or trailing
+//! blanks) are stored in RFC 2047's base64 form `=?UTF-8?B?...?=`, which is also how S3 itself
+//! returns non-ASCII metadata, and decoded on the way back.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use base64::Engine;
+use tracing::debug;
+
+use super::attrs::{Kind, POSIX_HEADER_NAMES};
+use super::error::{FsError, FsResult};
+use super::{Entry, Fs};
+use crate::store::{ObjectStore, StoreError};
+
+/// S3's limit on user metadata: keys and values, in bytes, together.
+pub const MAX_USER_METADATA_BYTES: usize = 2048;
+
+const USER_PREFIX: &str = "user.";
+const VIRTUAL_PREFIX: &str = "bucketfs.";
+const ENCODED_START: &str = "=?UTF-8?B?";
+const ENCODED_END: &str = "?=";
+
+/// `setxattr` flags (linux/xattr.h).
+const XATTR_CREATE: i32 = 1;
+const XATTR_REPLACE: i32 = 2;
+
+/// The metadata key a `user.` attribute is stored under; EINVAL for a name S3 cannot keep as
+/// it is (S3 lowercases metadata names, and allows only header token characters) or one the
+/// POSIX attributes use.
+fn metadata_key(name: &str) -> FsResult<&str> {
+    let key = name
+        .strip_prefix(USER_PREFIX)
+        .ok_or(FsError::NotSupported)?;
+    let valid = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !valid || POSIX_HEADER_NAMES.contains(&key) {
+        debug!(name, "xattr name S3 metadata cannot hold as it is");
+        return Err(FsError::Invalid);
+    }
+    Ok(key)
+}
+
+/// A value as an HTTP header can carry it.
+pub fn encode_value(value: &[u8]) -> String {
+    let plain = value.iter().all(|b| (0x20..0x7f).contains(b))
+        && value.first() != Some(&b' ')
+        && value.last() != Some(&b' ')
+        && !value.starts_with(ENCODED_START.as_bytes());
+    if plain {
+        String::from_utf8(value.to_vec()).expect("ASCII")
+    } else {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+        format!("{ENCODED_START}{encoded}{ENCODED_END}")
+    }
+}
+
+pub fn decode_value(value: &str) -> Vec<u8> {
+    value
+        .strip_prefix(ENCODED_START)
+        .and_then(|v| v.strip_suffix(ENCODED_END))
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .unwrap_or_else(|| value.as_bytes().to_vec())
+}
+
+/// Bytes S3 counts against its user metadata limit.
+fn metadata_bytes(metadata: &HashMap<String, String>) -> usize {
+    metadata.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// The user attributes among an object's metadata (everything but the POSIX headers).
+pub fn user_attributes(metadata: &HashMap<String, String>) -> HashMap<String, String> {
+    metadata
+        .iter()
+        .filter(|(k, _)| !POSIX_HEADER_NAMES.contains(&k.to_ascii_lowercase().as_str()))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
+
+impl<S: ObjectStore> Fs<S> {
+    /// The user metadata the file has now: its writer's when it is open for writing (what the
+    /// next commit stores), else the object's (HEAD; a directory's marker).
+    async fn current_metadata(&self, ino: u64) -> FsResult<HashMap<String, String>> {
+        if let Some(writer) = self.writer_of(ino) {
+            return Ok(writer.lock().await.opts().user_metadata.clone());
+        }
+        let key = self.object_key(ino)?;
+        match self.store.head(&key).await {
+            Ok(info) => Ok(info.user_metadata),
+            // An implicit directory (no marker) has no metadata yet.
+            Err(StoreError::NotFound) if key.ends_with('/') || key.is_empty() => Ok(HashMap::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The key holding an inode's metadata: a file's object, a directory's marker.
+    fn object_key(&self, ino: u64) -> FsResult<String> {
+        let inodes = self.inodes.lock().unwrap();
+        let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
+        Ok(inode.key.clone())
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        let name = std::str::from_utf8(name.as_bytes()).map_err(|_| FsError::NoData)?;
+        if let Some(field) = name.strip_prefix(VIRTUAL_PREFIX) {
+            return self.virtual_attribute(ino, field).await;
+        }
+        if !name.starts_with(USER_PREFIX) {
+            // security.*, system.* (ACLs), trusted.*: none is kept, and asking costs nothing.
+            return Err(FsError::NoData);
+        }
+        let key = metadata_key(name).map_err(|_| FsError::NoData)?;
+        let metadata = self.current_metadata(ino).await?;
+        metadata
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| decode_value(v))
+            .ok_or(FsError::NoData)
+    }
+
+    /// The names of the user attributes (never the read-only `bucketfs.*` ones).
+    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
+        let metadata = self.current_metadata(ino).await?;
+        let mut names: Vec<String> = user_attributes(&metadata)
+            .into_keys()
+            .map(|k| format!("{USER_PREFIX}{k}"))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub async fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<Entry> {
+        self.check_writable()?;
+        let name = std::str::from_utf8(name.as_bytes()).map_err(|_| FsError::Invalid)?;
+        if name.starts_with(VIRTUAL_PREFIX) {
+            return Err(FsError::PermissionDenied);
+        }
+        let key = metadata_key(name)?.to_string();
+        let value = encode_value(value);
+        self.change_user_metadata(ino, move |metadata| {
+            let exists = metadata.keys().any(|k| k.eq_ignore_ascii_case(&key));
+            if flags & XATTR_CREATE != 0 && exists {
+                return Err(FsError::Exists);
+            }
+            if flags & XATTR_REPLACE != 0 && !exists {
+                return Err(FsError::NoData);
+            }
+            metadata.retain(|k, _| !k.eq_ignore_ascii_case(&key));
+            metadata.insert(key, value);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<Entry> {
+        self.check_writable()?;
+        let name = std::str::from_utf8(name.as_bytes()).map_err(|_| FsError::NoData)?;
+        if name.starts_with(VIRTUAL_PREFIX) {
+            return Err(FsError::PermissionDenied);
+        }
+        let key = metadata_key(name).map_err(|_| FsError::NoData)?.to_string();
+        self.change_user_metadata(ino, move |metadata| {
+            let before = metadata.len();
+            metadata.retain(|k, _| !k.eq_ignore_ascii_case(&key));
+            if metadata.len() == before {
+                return Err(FsError::NoData);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies `change` to the file's user metadata and stores it: in the writer's options for
+    /// a file open for writing (stored by its commit; at once too when it is in S3 and clean),
+    /// else by a server-side self-copy. ctime moves.
+    async fn change_user_metadata(
+        &self,
+        ino: u64,
+        change: impl FnOnce(&mut HashMap<String, String>) -> FsResult<()>,
+    ) -> FsResult<Entry> {
+        let (_, name, key, mut attrs, _) = self.inode_parts(ino)?;
+        let mut metadata = self.current_metadata(ino).await?;
+        change(&mut metadata)?;
+        attrs.ctime = std::time::SystemTime::now();
+        // The POSIX headers as they will be written, for the size check and the store.
+        let posix = self.put_options(&name, &attrs).user_metadata;
+        metadata.extend(posix);
+        if metadata_bytes(&metadata) > MAX_USER_METADATA_BYTES {
+            return Err(FsError::TooBig);
+        }
+        let writer = self.writer_of(ino);
+        let needs_copy = match &writer {
+            Some(writer) => {
+                let mut writer = writer.lock().await;
+                writer.opts_mut().user_metadata = metadata.clone();
+                let pending = self
+                    .inodes
+                    .lock()
+                    .unwrap()
+                    .get(ino)
+                    .is_some_and(|i| i.is_pending());
+                !writer.is_dirty() && !pending && !writer.is_discarded()
+            }
+            None => true,
+        };
+        if needs_copy {
+            let etag = self.store_metadata(&key, attrs.kind, metadata).await?;
+            if attrs.kind != Kind::Dir {
+                attrs.etag = etag;
+            }
+        }
+        self.inodes
+            .lock()
+            .unwrap()
+            .set_attrs(ino, attrs.clone(), self.expiry());
+        Ok(Entry { ino, attrs })
+    }
+
+    /// Replaces the user metadata of `key` by a self-copy (content type kept); a directory
+    /// without a marker gets one.
+    async fn store_metadata(
+        &self,
+        key: &str,
+        kind: Kind,
+        metadata: HashMap<String, String>,
+    ) -> FsResult<Option<String>> {
+        let mut opts = self.config.upload.clone();
+        opts.user_metadata = metadata;
+        match self.store.head(key).await {
+            Ok(info) => {
+                opts.content_type = info.content_type;
+                self.copy_object(key, key, info.size, &opts, true).await
+            }
+            Err(StoreError::NotFound) if kind == Kind::Dir => {
+                opts.content_type = Some("application/x-directory".to_string());
+                Ok(self.store.put(key, bytes::Bytes::new(), &opts).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `bucketfs.FIELD`: what S3 says about the object.
+    async fn virtual_attribute(&self, ino: u64, field: &str) -> FsResult<Vec<u8>> {
+        let key = self.object_key(ino)?;
+        let info = || async {
+            match self.store.head(&key).await {
+                Ok(info) => Ok(info),
+                Err(StoreError::NotFound) => Err(FsError::NoData),
+                Err(e) => Err(FsError::from(e)),
+            }
+        };
+        let text = match field {
+            "uri" => format!("s3://{}/{key}", self.config.bucket_name),
+            "etag" => info().await?.etag.ok_or(FsError::NoData)?,
+            "storage_class" => info()
+                .await?
+                .storage_class
+                .unwrap_or_else(|| "STANDARD".to_string()),
+            "content_type" => info().await?.content_type.ok_or(FsError::NoData)?,
+            "version_id" => info().await?.version_id.ok_or(FsError::NoData)?,
+            "presigned_url" => {
+                info().await?;
+                self.store
+                    .presign_get(&key, self.config.presign_expiry)
+                    .await?
+            }
+            _ => return Err(FsError::NoData),
+        };
+        Ok(text.into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_through_headers() {
+        for value in [
+            &b"plain text"[..],
+            b"",
+            b" leading blank",
+            b"\x00\xffbinary",
+            "ünïcode".as_bytes(),
+            b"=?UTF-8?B?looks encoded?=",
+        ] {
+            let encoded = encode_value(value);
+            assert!(
+                encoded.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                "{encoded}"
+            );
+            assert_eq!(decode_value(&encoded), value);
+        }
+        assert_eq!(encode_value(b"plain text"), "plain text");
+    }
+
+    #[test]
+    fn names_s3_cannot_keep_are_refused() {
+        assert_eq!(
+            metadata_key("user.checksum.sha256").unwrap(),
+            "checksum.sha256"
+        );
+        assert_eq!(
+            metadata_key("user.Upper").unwrap_err().errno(),
+            libc::EINVAL
+        );
+        assert_eq!(metadata_key("user.mode").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(metadata_key("user.").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(
+            metadata_key("trusted.x").unwrap_err().errno(),
+            libc::EOPNOTSUPP
+        );
+    }
+}
