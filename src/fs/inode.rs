@@ -434,6 +434,11 @@ impl<W> InodeTable<W> {
         Some(key)
     }
 
+    /// Puts back an orphan whose deletion failed (unless a new entry took its key since).
+    pub fn keep_orphan(&mut self, key: String, ino: u64) {
+        self.orphans.entry(key).or_insert(ino);
+    }
+
     /// Takes `key` out of the orphans, if it is one (a new entry is made under it: the old
     /// object must go first).
     pub fn take_orphan_key(&mut self, key: &str) -> bool {

@@ -603,9 +603,11 @@ impl<S: ObjectStore> Fs<S> {
         if !self.has_open_handles(ino) {
             let orphan = self.inodes.lock().unwrap().take_orphan_of(ino);
             if let Some(key) = orphan {
-                // The last handle of a file unlinked while open: its object goes now.
+                // The last handle of a file unlinked while open: its object goes now. If that
+                // fails it stays an orphan (hidden), and the unmount tries again.
                 if let Err(e) = self.delete_if_there(&key).await {
                     error!(key, "an unlinked file's object could not be deleted: {e}");
+                    self.inodes.lock().unwrap().keep_orphan(key, ino);
                 }
             }
         }
