@@ -747,6 +747,29 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         });
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            // Punching holes and the like have no S3 form; glibc falls back by itself.
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move {
+            match fs.allocate(ino.0, offset.saturating_add(length)).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let fs = self.fs.clone();
         let name = name.to_owned();

@@ -746,6 +746,20 @@ impl<S: ObjectStore> Fs<S> {
         })
     }
 
+    /// posix_fallocate (mode 0): the file grows to at least `end` bytes (zeros); S3 has no
+    /// space to reserve, so nothing else happens.
+    pub async fn allocate(&self, ino: u64, end: u64) -> FsResult<()> {
+        let size = self.inode_parts(ino)?.3.size;
+        if end > size {
+            let change = SetAttr {
+                size: Some(end),
+                ..SetAttr::default()
+            };
+            self.setattr(ino, change).await?;
+        }
+        Ok(())
+    }
+
     /// Writes `attrs` as the object's metadata: a self-copy with metadata REPLACE that keeps the
     /// content type and any other metadata; a directory without marker gets one.
     /// Returns the object's new ETag.

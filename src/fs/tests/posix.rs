@@ -416,3 +416,14 @@ async fn read_only_attributes_describe_the_object() {
         "never listed"
     );
 }
+
+#[tokio::test]
+async fn fallocate_grows_a_file_with_zeros_and_never_shrinks_it() {
+    let (store, fs) = fs_with(&[("f", "abc")], with_disk());
+    let fh = open_path(&fs, "f", libc::O_RDWR).await;
+    let f = lookup_path(&fs, "f").await.unwrap();
+    fs.allocate(f.ino, 6).await.unwrap();
+    fs.allocate(f.ino, 2).await.unwrap();
+    close(&fs, fh).await.unwrap();
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"abc\0\0\0");
+}
