@@ -297,8 +297,34 @@ impl PatchFile {
     /// base's from S3 (pinned to its ETag), zeros past the base.
     pub async fn assemble<S: ObjectStore>(&self, store: &S, range: Range<u64>) -> FsResult<Bytes> {
         let end = range.end.min(self.size);
+        let segments = self.segments(range.start..end);
+        // The base's bytes in one ranged GET, from its first unchanged byte to its last: a part
+        // with scattered writes would otherwise cost one round trip per gap between them (the
+        // changed bytes in between come along and are dropped; at most one part).
+        let base_span = segments.iter().filter(|s| s.source == Source::Base).fold(
+            None,
+            |span: Option<Range<u64>>, s| match span {
+                None => Some(s.range.clone()),
+                Some(span) => Some(span.start..s.range.end),
+            },
+        );
+        let base_bytes = match &base_span {
+            Some(span) => {
+                let base = self.base.as_ref().expect("base bytes need a base");
+                let bytes = store
+                    .get_range(&base.key, span.clone(), base.etag.as_deref())
+                    .await
+                    .map_err(base_error)?;
+                if bytes.len() as u64 != span.end - span.start {
+                    // Shorter than it was at open: it changed on the server.
+                    return Err(FsError::Stale);
+                }
+                Some(bytes)
+            }
+            None => None,
+        };
         let mut out = Vec::with_capacity(end.saturating_sub(range.start) as usize);
-        for segment in self.segments(range.start..end) {
+        for segment in segments {
             let Range { start, end } = segment.range.clone();
             match segment.source {
                 Source::Dirty => {
@@ -310,16 +336,12 @@ impl PatchFile {
                 }
                 Source::Zero => out.resize(out.len() + (end - start) as usize, 0),
                 Source::Base => {
-                    let base = self.base.as_ref().expect("base bytes need a base");
-                    let bytes = store
-                        .get_range(&base.key, start..end, base.etag.as_deref())
-                        .await
-                        .map_err(base_error)?;
-                    if bytes.len() as u64 != end - start {
-                        // Shorter than it was at open: it changed on the server.
-                        return Err(FsError::Stale);
-                    }
-                    out.extend_from_slice(&bytes);
+                    let (bytes, span) = base_bytes
+                        .as_ref()
+                        .zip(base_span.as_ref())
+                        .expect("fetched above");
+                    let from = (start - span.start) as usize;
+                    out.extend_from_slice(&bytes[from..from + (end - start) as usize]);
                 }
             }
         }
@@ -482,5 +504,22 @@ mod tests {
         assert_eq!(p.size(), MIB);
         // Rewriting bytes already held needs no more room.
         p.write(0, &[2; 100]).unwrap();
+    }
+
+    #[tokio::test]
+    async fn scattered_writes_cost_one_get_of_the_base_per_assembled_range() {
+        let store = crate::store::faulty::FaultyStore::new(MemoryStore::new());
+        store
+            .inner()
+            .insert("k", Bytes::from(crate::testdata::random_bytes(1 << 20, 1)));
+        let mut p = patch_of(1 << 20);
+        for i in 0..100u64 {
+            p.write(i * 10_000, b"xy").unwrap();
+        }
+        let got = p.assemble(&store, 0..1 << 20).await.unwrap();
+        assert_eq!(store.calls(crate::store::faulty::Op::Get), 1);
+        let base = store.inner().get("k").unwrap();
+        assert_eq!(&got[..10_000], &[&b"xy"[..], &base[2..10_000]].concat()[..]);
+        assert_eq!(&got[10_002..20_000], &base[10_002..20_000]);
     }
 }

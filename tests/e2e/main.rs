@@ -5,6 +5,7 @@
 mod cli;
 mod cluster;
 mod posix;
+mod random_ops;
 mod read;
 mod support;
 mod trust;
