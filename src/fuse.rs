@@ -723,7 +723,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let fs = self.fs.clone();
@@ -733,6 +733,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         self.runtime.spawn(async move {
             match fs.create(parent.0, &name, mode, caller).await {
                 Ok((entry, fh)) => {
+                    if flags & libc::O_ACCMODE == libc::O_RDWR {
+                        // Read back what it writes, anywhere: kept on local disk, not streamed.
+                        fs.set_random_access(fh).await;
+                    }
                     openers.lock().unwrap().insert(fh, opener);
                     reply.created(
                         &fs.ttl(),

@@ -19,6 +19,20 @@ always gives the same sequence. A difference prints a report (the operation, bot
 last 20 operations) and exits 1; success prints one summary line and exits 0. Bad usage or a
 reference tree that cannot be set up exits 2.
 
+Operations (weights in Gen.weights; sizes 0 to 12 MiB, most under 256 KiB, some over one 5 MiB
+part): create (O_CREAT with O_TRUNC or O_EXCL, O_WRONLY or O_RDWR), overwrite (O_TRUNC),
+append (O_APPEND), pwrite (O_WRONLY/O_RDWR without O_TRUNC, in the file, across a part
+boundary, past the end), create_scattered (a new O_WRONLY file written out of order), truncate
+(path) and ftruncate (fd, with writes before or after), read (random ranges), rdwr (O_RDWR writes
+read back before close), rename (to a new name, over a file, onto a directory, onto itself),
+rename_dir (to a new name, over an empty or non-empty directory, into itself, onto a file),
+unlink, mkdir, rmdir, rmtree (rm -r), chmod (files and directories), symlink, stat, listdir,
+unlink_open (unlink a file open O_RDWR, sometimes a new file takes the name, the handle reads
+and writes on), rename_open (rename a file open for writing between writes) and open_then (a
+handle open for writing, and meanwhile truncate(path), chmod(path), lstat, rename, a dup closed
+or an fsync). Wrong paths are drawn on purpose now and then, so that failures (ENOENT,
+EEXIST, EISDIR, ENOTDIR, ENOTEMPTY, EINVAL) are compared too.
+
 Standard library only. See ALLOWED_DIVERGENCES for the few refusals bucketfs may make where a
 local filesystem succeeds; every other difference, and any silent difference (both succeed but
 the content or state differs), fails.
@@ -40,7 +54,7 @@ MiB = 1 << 20
 PART = 5 * MiB
 MAX_FILE = 12 * MiB
 # Past this many bytes in the tree, new content is small (keeps state checks fast).
-TREE_BUDGET = 40 * MiB
+TREE_BUDGET = 32 * MiB
 MAX_DEPTH = 3
 
 DIR_NAMES = ["d0", "d1", "d2", "sub dir"]
@@ -68,6 +82,16 @@ ALLOWED_DIVERGENCES = [
         "when": lambda op, step: op.back_after_part(step - 2),
         "reason": "README 'writes anywhere': a new file written O_WRONLY streams; once its first "
         "part (5 MiB) has been uploaded, a write behind its end fails with EOPNOTSUPP",
+    },
+    {
+        "kinds": ("unlink_open",),
+        "steps": ("pwrite", "pread"),
+        "errnos": (errno.ESTALE,),
+        # Only when a new file took the name while the old one was still open.
+        "when": lambda op, step: op.recreate is not None,
+        "reason": "README 'unlink': a new file made under the name of a file unlinked while open "
+        "deletes the old object first; the old handles then get ESTALE for what they had not "
+        "read or written",
     },
 ]
 
@@ -321,9 +345,9 @@ def x_ftruncate(r, op):
     if op.write_after is not None:
         off, data = op.write_after
         r.pwrite(fd, data, off)
-    r.fstat(fd)
+    st = r.fstat(fd)
     if op.flags & os.O_RDWR:
-        r.pread(fd, op.size + 100 * KiB, 0, "readback")
+        r.pread(fd, st.st_size + 10, 0, "readback")
     r.close(fd)
 
 
@@ -402,10 +426,16 @@ def x_unlink_open(r, op):
     r.pread(fd, op.read_n, 0)
     r.step("unlink", os.unlink, r.p(op.path))
     r.obs.append(("exists after unlink", os.path.lexists(r.p(op.path))))
+    if op.recreate is not None:
+        # a new file takes the name while the old one is still open
+        fd2 = r.open(op.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        r.write(fd2, op.recreate)
+        r.close(fd2)
     off, data = op.write
     r.pwrite(fd, data, off)
     r.pread(fd, len(data), off, "readback")
-    r.fstat(fd, nlink=True)
+    st = r.fstat(fd, nlink=True)
+    r.pread(fd, st.st_size + 10, 0, "read all")
     r.close(fd)
     r.obs.append(("exists after close", os.path.lexists(r.p(op.path))))
 
@@ -514,6 +544,25 @@ class Outcome:
         for o in self.obs:
             lines.append("      observed %r" % (o,))
         return "\n".join(lines)
+
+
+def first_difference(a, b):
+    """A line saying where two outcomes first differ (for the report)."""
+    for i, (x, y) in enumerate(zip(a.obs, b.obs)):
+        if x != y:
+            line = "  first difference: observation %d: mount %r, reference %r" % (i, x, y)
+            dx = [v for v in x if isinstance(v, Data)] if isinstance(x, tuple) else []
+            dy = [v for v in y if isinstance(v, Data)] if isinstance(y, tuple) else []
+            if dx and dy:
+                bx, by = dx[0].b, dy[0].b
+                at = next((k for k in range(min(len(bx), len(by))) if bx[k] != by[k]),
+                          min(len(bx), len(by)))
+                line += "; the bytes first differ at index %d of the read" % at
+            return line
+    if len(a.obs) != len(b.obs):
+        return "  first difference: mount made %d observations, reference %d" % (
+            len(a.obs), len(b.obs))
+    return "  first difference: the outcome (mount %s, reference %s)" % (a.short(), b.short())
 
 
 def execute(root, op):
@@ -641,9 +690,9 @@ class Gen:
         r = self.rng.random()
         if r < 0.5:
             return self.rng.randint(0, 4 * KiB)
-        if r < 0.75 or small_only:
+        if r < 0.8 or small_only:
             return self.rng.randint(4 * KiB, 256 * KiB)
-        if r < 0.9 or self.total > TREE_BUDGET:
+        if r < 0.95 or self.total > TREE_BUDGET:
             return self.rng.randint(256 * KiB, 2 * MiB)
         return self.rng.randint(PART - 512 * KiB, MAX_FILE)
 
@@ -975,8 +1024,9 @@ class Gen:
         path = self.existing_file(p_other=0)
         size = self.sizes.get(path, 0)
         off = self.offset(size)
+        recreate = self.data(self.size(small_only=True)) if self.rng.random() < 0.4 else None
         return Op("unlink_open", path=path, read_n=self.rng.randint(0, size + 10),
-                  write=(off, self.data(min(self.write_len(off), 512 * KiB))))
+                  write=(off, self.data(min(self.write_len(off), 512 * KiB))), recreate=recreate)
 
     def g_rename_open(self):
         if self.rng.random() < 0.5 or not self.files:
@@ -1015,7 +1065,7 @@ class Gen:
             # create_scattered for the rest)
             off = size if streaming or flags & os.O_APPEND else min(self.offset(size), MAX_FILE)
             n = self.write_len(off)
-            if self.rng.random() < 0.3 and self.total < TREE_BUDGET:
+            if self.rng.random() < 0.2 and self.total < TREE_BUDGET:
                 n = self.rng.randint(PART, PART + 2 * MiB)  # a part may be uploaded meanwhile
             data = self.data(max(0, min(n, MAX_FILE - off)))
             size = max(size, off + len(data))
@@ -1137,32 +1187,48 @@ def main():
     divergences = collections.Counter()
     written = 0
     checks = 0
-    for n in range(1, args.ops + 1):
-        op = gen.next_op()
-        t0 = time.monotonic()
-        mount_out, w = execute(mount, op)
-        ref_out, _ = execute(reference, op)
-        written += w
-        counts[op.kind] += 1
-        history.append((n, op, mount_out.short(), ref_out.short()))
-        if args.verbose:
-            print("#%d %.2fs %s -> %s" % (n, time.monotonic() - t0, op, mount_out.short()))
-        if mount_out != ref_out:
-            a = allowed(op, mount_out, ref_out)
-            if a is None:
-                fail("operation #%d differs" % n,
-                     ["  operation: %s" % op.describe(1000), "  mount:", mount_out.long(), "  reference:",
-                      ref_out.long()], history)
-            divergences[op.kind] += 1
-            for rel in op_paths(op):
-                resync(mount, reference, rel)
-        elif ref_out.error is not None:
-            failures[op.kind] += 1
-        if n % args.check_every == 0 or n == args.ops:
-            checks += 1
-            diffs, _ = compare_state(mount, reference)
-            if diffs:
-                fail("state differs after operation #%d (%s)" % (n, op), diffs, history)
+    last_check = 0
+    rerun = ("  to replay: python3 %s --mount M --reference R --seed %d --ops N --verbose"
+             " (fresh trees; the same seed gives the same operations)"
+             % (sys.argv[0], args.seed))
+    n = 0
+    try:
+        for n in range(1, args.ops + 1):
+            op = gen.next_op()
+            t0 = time.monotonic()
+            mount_out, w = execute(mount, op)
+            ref_out, _ = execute(reference, op)
+            written += w
+            counts[op.kind] += 1
+            history.append((n, op, mount_out.short(), ref_out.short()))
+            if args.verbose:
+                print("#%d %.2fs %s -> %s" % (n, time.monotonic() - t0, op, mount_out.short()),
+                      flush=True)
+            if mount_out != ref_out:
+                a = allowed(op, mount_out, ref_out)
+                if a is None:
+                    fail("operation #%d differs" % n,
+                         ["  operation: %s" % op.describe(1000), "  mount:", mount_out.long(),
+                          "  reference:", ref_out.long(), first_difference(mount_out, ref_out),
+                          rerun], history)
+                divergences[op.kind] += 1
+                if args.verbose:
+                    print("   allowed divergence: %s" % a["reason"])
+                for rel in op_paths(op):
+                    resync(mount, reference, rel)
+            elif ref_out.error is not None:
+                failures[op.kind] += 1
+            if n % args.check_every == 0 or n == args.ops:
+                checks += 1
+                diffs, _ = compare_state(mount, reference)
+                if diffs:
+                    fail("state differs after operation #%d, made by one of operations #%d-#%d"
+                         " (--check-every 1 pinpoints it)" % (n, last_check + 1, n),
+                         diffs + [rerun], history)
+                last_check = n
+    except Exception:  # a bug of this script, or of the filesystem under it
+        import traceback
+        fail("unexpected error at operation #%d" % n, [traceback.format_exc()], history)
 
     kinds = " ".join("%s=%d" % (k, counts[k]) for k in sorted(counts))
     print("random_ops: ok: seed %d, %d ops (%s), %d failed alike, %d allowed divergences%s, "

@@ -340,14 +340,11 @@ impl Worker {
         for (i, chunk) in data.chunks(256 << 10).enumerate() {
             let at = offset + i * (256 << 10);
             let h = &self.handles[index];
-            // A stream that has sent a part cannot go back: only appends.
-            let must_refuse = !h.patching
-                && !(h.clean && !h.content.is_empty())
-                && at != h.content.len()
-                && h.content.len() as u64 >= PART
-                && !unnamed
-                && !failed
-                && !superseded;
+            // A stream that has sent parts cannot change them: only the part being filled
+            // and what comes after it.
+            let sent = (h.content.len() as u64 / PART * PART) as usize;
+            let streaming = !h.patching && (!h.clean || h.content.is_empty());
+            let must_refuse = streaming && at < sent && !unnamed && !failed && !superseded;
             match timed("write", self.fs.write(fh, at as u64, chunk)).await {
                 Ok(n) => {
                     expect!(
@@ -357,7 +354,9 @@ impl Worker {
                     );
                     assert_eq!(n as usize, chunk.len());
                     let h = &mut self.handles[index];
-                    if at != h.content.len() || (h.clean && !h.content.is_empty()) {
+                    let streamed_part = h.content.len() as u64 >= PART;
+                    let in_place = h.clean && !h.content.is_empty();
+                    if in_place || (at != h.content.len() && (!streamed_part || h.patching)) {
                         h.patching = true;
                     }
                     if h.content.len() < at + chunk.len() {
@@ -601,11 +600,13 @@ impl Worker {
         };
         let h = &self.handles[index];
         let streamed_part = !h.patching
-            && !(h.clean && !h.content.is_empty())
+            && (!h.clean || h.content.is_empty())
             && h.content.len() as u64 >= PART
             && h.bound.is_some();
-        // A stream that has sent a part grows by streaming zeros; it cannot shrink.
-        let must_refuse = size != 0 && size < len && streamed_part;
+        // A stream that has sent parts grows by streaming zeros, and shrinks only within the
+        // part being filled.
+        let sent = (len as u64 / PART * PART) as usize;
+        let must_refuse = size != 0 && size < sent && streamed_part;
         let change = SetAttr {
             size: Some(size as u64),
             ..SetAttr::default()
@@ -636,7 +637,7 @@ impl Worker {
             h.patching = false;
             h.based = false;
             h.upload_key = None;
-        } else if size != len && !(size > len && streamed_part) {
+        } else if size != len && !streamed_part {
             h.patching = true;
         }
         h.content.resize(size, 0);

@@ -19,6 +19,8 @@ const COPY_CONCURRENCY: usize = 8;
 pub struct ServerCopy<'a, S> {
     pub store: &'a S,
     pub journal: Option<&'a UploadJournal>,
+    /// Copy only this version of the source (its ETag): `PreconditionFailed` otherwise.
+    pub if_match: Option<&'a str>,
 }
 
 impl<S: ObjectStore> ServerCopy<'_, S> {
@@ -33,10 +35,18 @@ impl<S: ObjectStore> ServerCopy<'_, S> {
         replace_metadata: bool,
     ) -> FsResult<Option<String>> {
         if size <= MAX_COPY_OBJECT {
-            return Ok(self
-                .store
-                .copy(source, dest, opts, replace_metadata)
-                .await?);
+            return Ok(match self.if_match {
+                Some(etag) => {
+                    self.store
+                        .copy_if_match(source, dest, opts, replace_metadata, etag)
+                        .await?
+                }
+                None => {
+                    self.store
+                        .copy(source, dest, opts, replace_metadata)
+                        .await?
+                }
+            });
         }
         let opts = if replace_metadata {
             opts.clone()
@@ -63,7 +73,7 @@ impl<S: ObjectStore> ServerCopy<'_, S> {
                 let id = id.clone();
                 async move {
                     self.store
-                        .upload_part_copy(dest, &id, number, source, range, None)
+                        .upload_part_copy(dest, &id, number, source, range, self.if_match)
                         .await
                 }
             })

@@ -76,7 +76,16 @@ pub struct InodeTable<W> {
     busy: HashMap<String, usize>,
     /// Objects of files unlinked while open, by key: deleted from S3 when the inode's last
     /// handle closes, so the handles go on reading them; hidden from lookups and listings.
-    orphans: HashMap<String, u64>,
+    orphans: HashMap<String, Orphan>,
+}
+
+/// The object of a file unlinked while open, waiting for its last close.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub ino: u64,
+    /// The object's ETag when it was unlinked: at the last close it is deleted only if S3
+    /// still holds that version (another client may have written the name since).
+    pub etag: Option<String>,
 }
 
 impl<W> InodeTable<W> {
@@ -403,9 +412,9 @@ impl<W> InodeTable<W> {
         }
     }
 
-    /// `ino` was unlinked while open: its name goes now, its object (at `key`, when it has
-    /// one in S3) when its last handle closes (`take_orphan`).
-    pub fn orphan(&mut self, ino: u64, key: Option<String>) {
+    /// `ino` was unlinked while open: its name goes now, its object (`stored`: the key and the
+    /// ETag S3 holds there, when it has one) when its last handle closes (`take_orphan_of`).
+    pub fn orphan(&mut self, ino: u64, stored: Option<(String, Option<String>)>) {
         let Some(inode) = self.inodes.get_mut(&ino) else {
             return;
         };
@@ -413,8 +422,8 @@ impl<W> InodeTable<W> {
         inode.attrs.unlinked = true;
         let (parent, name) = (inode.parent, inode.name.clone());
         self.detach(parent, &name);
-        if let Some(key) = key {
-            self.orphans.insert(key, ino);
+        if let Some((key, etag)) = stored {
+            self.orphans.insert(key, Orphan { ino, etag });
         }
     }
 
@@ -424,19 +433,19 @@ impl<W> InodeTable<W> {
     }
 
     /// The object key of the unlinked inode `ino`, taken out of the orphans (to be deleted).
-    pub fn take_orphan_of(&mut self, ino: u64) -> Option<String> {
+    pub fn take_orphan_of(&mut self, ino: u64) -> Option<(String, Orphan)> {
         let key = self
             .orphans
             .iter()
-            .find(|(_, &o)| o == ino)
+            .find(|(_, o)| o.ino == ino)
             .map(|(k, _)| k.clone())?;
-        self.orphans.remove(&key);
-        Some(key)
+        let orphan = self.orphans.remove(&key)?;
+        Some((key, orphan))
     }
 
     /// Puts back an orphan whose deletion failed (unless a new entry took its key since).
-    pub fn keep_orphan(&mut self, key: String, ino: u64) {
-        self.orphans.entry(key).or_insert(ino);
+    pub fn keep_orphan(&mut self, key: String, orphan: Orphan) {
+        self.orphans.entry(key).or_insert(orphan);
     }
 
     /// Takes `key` out of the orphans, if it is one (a new entry is made under it: the old
@@ -446,8 +455,8 @@ impl<W> InodeTable<W> {
     }
 
     /// Every orphan key (unmount deletes them).
-    pub fn take_all_orphans(&mut self) -> Vec<String> {
-        self.orphans.drain().map(|(k, _)| k).collect()
+    pub fn take_all_orphans(&mut self) -> Vec<(String, Orphan)> {
+        self.orphans.drain().collect()
     }
 
     /// The kernel dropped `n` references.

@@ -14,6 +14,7 @@ use tracing::{debug, error};
 use super::attrs::{posix_headers, Attributes, Kind};
 use super::copy::ServerCopy;
 use super::error::{FsError, FsResult};
+use super::inode::Orphan;
 use super::names::{child_key, validate_component};
 use super::patch::Base;
 use super::read::FileReader;
@@ -48,6 +49,11 @@ impl<'a, S> BusyKeys<'a, S> {
         }
         drop(inodes);
         Ok(Self { fs, keys })
+    }
+
+    /// Guards keys the caller marked busy itself (under the same lock as a check).
+    fn adopt(fs: &'a Fs<S>, keys: Vec<String>) -> Self {
+        Self { fs, keys }
     }
 
     fn mark(fs: &'a Fs<S>, keys: Vec<String>) -> Self {
@@ -494,6 +500,14 @@ impl<S: ObjectStore> Fs<S> {
         Ok(written)
     }
 
+    /// The handle was opened for reading too (O_RDWR): its writer keeps what it writes on
+    /// local disk (so it can read it back and write anywhere) instead of streaming it.
+    pub async fn set_random_access(&self, fh: u64) {
+        if let Ok((_, FileHandle::Write(writer))) = self.handle(fh) {
+            writer.lock().await.set_random_access();
+        }
+    }
+
     /// close/fsync: makes what was written the object in S3; Ok only once S3 confirmed it.
     pub async fn commit(&self, fh: u64) -> FsResult<()> {
         let (ino, handle) = self.handle(fh)?;
@@ -601,13 +615,23 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         if !self.has_open_handles(ino) {
-            let orphan = self.inodes.lock().unwrap().take_orphan_of(ino);
-            if let Some(key) = orphan {
+            // Taken out and held busy in one critical section: no new file can be made under
+            // the key until its old object is gone (a create in between would be deleted).
+            let orphan = {
+                let mut inodes = self.inodes.lock().unwrap();
+                let key = inodes.take_orphan_of(ino);
+                if let Some((key, _)) = &key {
+                    inodes.mark_busy(key);
+                }
+                key
+            };
+            if let Some((key, orphan)) = orphan {
+                let _busy = BusyKeys::adopt(self, vec![key.clone()]);
                 // The last handle of a file unlinked while open: its object goes now. If that
                 // fails it stays an orphan (hidden), and the unmount tries again.
-                if let Err(e) = self.delete_if_there(&key).await {
+                if let Err(e) = self.delete_orphan(&key, &orphan).await {
                     error!(key, "an unlinked file's object could not be deleted: {e}");
-                    self.inodes.lock().unwrap().keep_orphan(key, ino);
+                    self.inodes.lock().unwrap().keep_orphan(key, orphan);
                 }
             }
         }
@@ -689,20 +713,40 @@ impl<S: ObjectStore> Fs<S> {
                         self.inodes.lock().unwrap().set_displaced(ino, None);
                     }
                     Some(guard) => guard.truncate_to(size).await?,
+                    // Unlinked, and nobody writes it: its key may be another file's now.
+                    None if self
+                        .inodes
+                        .lock()
+                        .unwrap()
+                        .get(ino)
+                        .is_some_and(|i| i.is_unlinked()) => {}
                     None => {
                         // truncate(path) with no writer applies at once; not onto a key a
                         // rename is moving or a renamed file's upload still completes on.
                         let _busy = BusyKeys::mark_free(self, vec![key.clone()], None)?;
-                        let opts = self.put_options(&name, &new_attrs);
+                        // What S3 holds now is what is cut or grown (the attributes shown may
+                        // be stale, a failed writer's say), and its user attributes stay.
+                        let stored = match self.store.head(&key).await {
+                            Ok(info) => Some(info),
+                            Err(StoreError::NotFound) => None,
+                            Err(e) => return Err(e.into()),
+                        };
+                        let mut opts = self.put_options(&name, &new_attrs);
+                        if let Some(info) = &stored {
+                            let mut metadata = user_attributes(&info.user_metadata);
+                            metadata.extend(opts.user_metadata);
+                            opts.user_metadata = metadata;
+                        }
                         new_attrs.etag = if size == 0 {
                             self.store.put(&key, Bytes::new(), &opts).await?
                         } else {
                             // To a size: the object rewritten in place, as a writer would.
-                            let mut writer = self.new_writer(key.clone(), opts).existing(Base {
+                            let base = Base {
                                 key: key.clone(),
-                                etag: attrs.etag.clone(),
-                                size: attrs.size,
-                            });
+                                etag: stored.as_ref().and_then(|i| i.etag.clone()),
+                                size: stored.as_ref().map_or(0, |i| i.size),
+                            };
+                            let mut writer = self.new_writer(key.clone(), opts).existing(base);
                             writer.truncate_to(size).await?;
                             writer.commit().await?.and_then(|(_, etag)| etag)
                         };
@@ -712,28 +756,45 @@ impl<S: ObjectStore> Fs<S> {
         }
 
         if meta_changed {
-            let persisted_by_writer = match &writer {
+            // Not in S3 (yet), or unlinked (its key may belong to a new file now): the change
+            // stays in this mount.
+            let local_only = self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .is_some_and(|i| i.is_pending() || i.is_unlinked());
+            match &writer {
                 Some(writer) => {
                     let mut writer = writer.lock().await;
                     // New POSIX headers; the user attributes the writer carries stay.
                     let mut metadata = user_attributes(&writer.opts().user_metadata);
                     metadata.extend(self.put_options(&name, &new_attrs).user_metadata);
                     writer.opts_mut().user_metadata = metadata;
-                    writer.is_dirty()
+                    // Unsent content carries them at its commit; else a self-copy now, under
+                    // the writer's lock, and later changes in place start from the copy.
+                    if !writer.is_dirty() && !writer.is_discarded() && !local_only {
+                        // Pinned to the version the writer's later changes start from.
+                        let pinned = writer
+                            .base()
+                            .filter(|b| b.size > 0 && b.key == key)
+                            .and_then(|b| b.etag.clone());
+                        let etag = self
+                            .persist_metadata(&name, &key, &new_attrs, pinned.as_deref())
+                            .await?;
+                        writer.rebase(key.clone(), etag.clone());
+                        if new_attrs.kind == Kind::File {
+                            new_attrs.etag = etag;
+                        }
+                    }
                 }
-                None => false,
-            };
-            let local_only = self
-                .inodes
-                .lock()
-                .unwrap()
-                .get(ino)
-                .is_some_and(|i| i.is_pending());
-            if !persisted_by_writer && !local_only {
-                let etag = self.persist_metadata(&name, &key, &new_attrs).await?;
-                if new_attrs.kind == Kind::File {
-                    new_attrs.etag = etag;
+                None if !local_only => {
+                    let etag = self.persist_metadata(&name, &key, &new_attrs, None).await?;
+                    if new_attrs.kind == Kind::File {
+                        new_attrs.etag = etag;
+                    }
                 }
+                None => {}
             }
         }
         self.inodes
@@ -768,6 +829,7 @@ impl<S: ObjectStore> Fs<S> {
         name: &str,
         key: &str,
         attrs: &Attributes,
+        if_match: Option<&str>,
     ) -> FsResult<Option<String>> {
         let mut opts = self.put_options(name, attrs);
         match self.store.head(key).await {
@@ -778,7 +840,8 @@ impl<S: ObjectStore> Fs<S> {
                 if info.content_type.is_some() {
                     opts.content_type = info.content_type;
                 }
-                self.copy_object(key, key, info.size, &opts, true).await
+                self.copy_object_pinned(key, key, info.size, &opts, true, if_match)
+                    .await
             }
             Err(StoreError::NotFound) if attrs.kind == Kind::Dir => {
                 Ok(self.store.put(key, Bytes::new(), &opts).await?)
@@ -796,9 +859,24 @@ impl<S: ObjectStore> Fs<S> {
         opts: &PutOptions,
         replace_metadata: bool,
     ) -> FsResult<Option<String>> {
+        self.copy_object_pinned(source, dest, size, opts, replace_metadata, None)
+            .await
+    }
+
+    /// `copy_object` of one version of the source (its ETag): ESTALE when it changed.
+    pub(super) async fn copy_object_pinned(
+        &self,
+        source: &str,
+        dest: &str,
+        size: u64,
+        opts: &PutOptions,
+        replace_metadata: bool,
+        if_match: Option<&str>,
+    ) -> FsResult<Option<String>> {
         let copier = ServerCopy {
             store: self.store.as_ref(),
             journal: self.journal.as_deref(),
+            if_match,
         };
         copier
             .copy(source, dest, size, opts, replace_metadata)
@@ -838,17 +916,26 @@ impl<S: ObjectStore> Fs<S> {
         if self.has_open_handles(entry.ino) {
             // Open somewhere: the name goes now, and the handles go on reading and writing
             // (POSIX); its object is deleted when the last of them closes.
-            if pending {
+            // The version S3 holds under the name now is the one deleted at the last close
+            // (not a newer one another client may write meanwhile).
+            let stored = if pending {
                 // Nothing of it in S3, unless a rename that failed midway copied something.
                 self.delete_if_there(&key).await?;
-            }
+                None
+            } else {
+                match self.store.head(&key).await {
+                    Ok(info) => Some((key, info.etag)),
+                    Err(StoreError::NotFound) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            };
             if let Some(guard) = guard.as_mut() {
                 guard.orphan().await;
             }
             {
                 let mut inodes = self.inodes.lock().unwrap();
                 inodes.set_displaced(entry.ino, None);
-                inodes.orphan(entry.ino, (!pending).then_some(key));
+                inodes.orphan(entry.ino, stored);
             }
             drop(guard);
             self.snapshots.remove(parent, name);
@@ -894,17 +981,45 @@ impl<S: ObjectStore> Fs<S> {
     /// that waits there for its last close is deleted first, so it cannot come back nor be
     /// deleted later over the new one.
     pub(super) async fn settle_orphan(&self, key: &str) -> FsResult<()> {
-        if self.inodes.lock().unwrap().take_orphan_key(key) {
+        // Taken out and held busy in one critical section: a second new file under the key
+        // waits (EBUSY) rather than being deleted by this delete.
+        let orphan = {
+            let mut inodes = self.inodes.lock().unwrap();
+            let orphan = inodes.take_orphan_key(key);
+            if orphan {
+                inodes.mark_busy(key);
+            }
+            orphan
+        };
+        if orphan {
+            let _busy = BusyKeys::adopt(self, vec![key.to_string()]);
             self.delete_if_there(key).await?;
         }
         Ok(())
     }
 
+    /// Deletes the object an unlinked file left for its open handles, unless S3 holds another
+    /// version under the key now (written by another client since: not ours to delete).
+    async fn delete_orphan(&self, key: &str, orphan: &Orphan) -> FsResult<()> {
+        if let Some(etag) = &orphan.etag {
+            match self.store.head(key).await {
+                Ok(info) if info.etag.as_ref() != Some(etag) => {
+                    debug!(key, "an unlinked file's name holds a newer object: kept");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(StoreError::NotFound) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.delete_if_there(key).await
+    }
+
     /// Deletes the objects of every file unlinked while open (unmount).
     pub async fn delete_orphans(&self) {
-        let keys = self.inodes.lock().unwrap().take_all_orphans();
-        for key in keys {
-            if let Err(e) = self.delete_if_there(&key).await {
+        let orphans = self.inodes.lock().unwrap().take_all_orphans();
+        for (key, orphan) in orphans {
+            if let Err(e) = self.delete_orphan(&key, &orphan).await {
                 error!(key, "an unlinked file's object could not be deleted: {e}");
             }
         }
@@ -954,9 +1069,29 @@ impl<S: ObjectStore> Fs<S> {
         if self.inodes.lock().unwrap().has_pending_children(entry.ino) {
             return Err(FsError::NotEmpty);
         }
-        let below = self.store.list_page(&prefix, false, None, Some(2)).await?;
-        if below.objects.iter().any(|o| o.key != prefix) || !below.prefixes.is_empty() {
+        let below = self
+            .store
+            .list_page(&prefix, false, None, Some(100))
+            .await?;
+        // Objects of files unlinked while open do not count: their names are gone. They go
+        // with the directory (their open handles lose what they had not read yet), or the
+        // directory would come back as a prefix of them.
+        let (orphans, others): (Vec<_>, Vec<_>) = {
+            let inodes = self.inodes.lock().unwrap();
+            below
+                .objects
+                .iter()
+                .filter(|o| o.key != prefix)
+                .partition(|o| inodes.is_orphan_key(&o.key))
+        };
+        let more = below.next_token.is_some() && !orphans.is_empty();
+        if !others.is_empty() || !below.prefixes.is_empty() || more {
             return Err(FsError::NotEmpty);
+        }
+        for orphan in orphans {
+            if self.inodes.lock().unwrap().take_orphan_key(&orphan.key) {
+                self.delete_if_there(&orphan.key).await?;
+            }
         }
         self.store.delete(&prefix).await?;
         self.inodes.lock().unwrap().detach(parent, name);
@@ -1116,8 +1251,23 @@ impl<S: ObjectStore> Fs<S> {
         } else {
             let opts = self.put_options(new_name, &attrs);
             let stored_size = patch_base.unwrap_or(attrs.size);
+            // A writer's content starts from one version of the object (its base): that is
+            // the version that moves, or the rename fails (ESTALE) if another client replaced
+            // it meanwhile, rather than the change landing on their version.
+            let pinned = source_guard
+                .as_ref()
+                .and_then(|g| g.base())
+                .filter(|b| b.size > 0 && b.key == source_key)
+                .and_then(|b| b.etag.clone());
             new_etag = self
-                .copy_object(&source_key, &new_key, stored_size, &opts, false)
+                .copy_object_pinned(
+                    &source_key,
+                    &new_key,
+                    stored_size,
+                    &opts,
+                    false,
+                    pinned.as_deref(),
+                )
                 .await?;
             if let Some(d) = dest {
                 // The new name holds an object now, whatever happens next.
@@ -1149,7 +1299,7 @@ impl<S: ObjectStore> Fs<S> {
         if source_guard.is_some() {
             inodes.set_displaced(ino, displaced);
         }
-        if let Some(etag) = new_etag.filter(|_| !dirty) {
+        if let Some(etag) = new_etag.filter(|_| !streamed) {
             // A copy may carry a new ETag: record it, so listings keep matching this entry.
             let attrs = Attributes {
                 etag: Some(etag),
@@ -1193,6 +1343,12 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         let opts = &self.config.upload;
+        // Objects of files unlinked while open stay where they are (hidden) until their last
+        // close: a move would bring them back under the new name.
+        {
+            let inodes = self.inodes.lock().unwrap();
+            objects.retain(|o| !inodes.is_orphan_key(&o.key));
+        }
         let moves: Vec<(String, String, u64)> = objects
             .into_iter()
             .map(|o| {

@@ -17,8 +17,12 @@ use tracing::warn;
 
 use super::disk_cache::DiskCache;
 use super::error::{FsError, FsResult};
-use super::write::MIN_PART_SIZE;
+use super::write::{MAX_PARTS, MIN_PART_SIZE};
 use crate::store::{ObjectStore, StoreError};
+
+/// Disk space is counted in blocks of this size: a one-byte write into a sparse scratch file
+/// takes a whole filesystem block.
+const BLOCK: u64 = 4096;
 
 /// S3's largest part, for UploadPartCopy too.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
@@ -68,7 +72,7 @@ pub struct PatchFile {
     size: u64,
     /// Written ranges, start -> end: disjoint, and merged when they touch.
     dirty: BTreeMap<u64, u64>,
-    /// Disk cache bytes held for the written ranges (their total length).
+    /// Disk cache bytes held for the written ranges: the blocks they touch.
     reserved: u64,
 }
 
@@ -119,7 +123,7 @@ impl PatchFile {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(FsError::FileTooLarge)?;
-        let new_bytes = data.len() as u64 - self.dirty_overlap(offset..end);
+        let new_bytes = self.new_blocks(offset..end) * BLOCK;
         if !self.disk.reserve(new_bytes) {
             warn!(
                 bytes = new_bytes,
@@ -151,15 +155,15 @@ impl PatchFile {
                 .filter(|(_, &end)| end > size)
                 .map(|(&s, &e)| (s, e))
                 .collect();
-            for (start, end) in cut {
+            for (start, _) in cut {
                 self.dirty.remove(&start);
                 if start < size {
                     self.dirty.insert(start, size);
                 }
-                let dropped = end - start.max(size);
-                self.reserved -= dropped;
-                self.disk.release(dropped);
             }
+            let footprint = self.footprint();
+            self.disk.release(self.reserved - footprint);
+            self.reserved = footprint;
             // Frees the scratch file's blocks past the new end.
             if let Err(e) = self.file.set_len(size) {
                 warn!("shrinking the scratch file failed: {e}");
@@ -168,13 +172,39 @@ impl PatchFile {
         self.size = size;
     }
 
-    fn dirty_overlap(&self, range: Range<u64>) -> u64 {
-        self.dirty
-            .range(..range.end)
-            .rev()
-            .take_while(|(_, &end)| end > range.start)
-            .map(|(&start, &end)| end.min(range.end) - start.max(range.start))
-            .sum()
+    /// Blocks `range` touches that no written range touches yet.
+    fn new_blocks(&self, range: Range<u64>) -> u64 {
+        let (first, end) = (range.start / BLOCK, range.end.div_ceil(BLOCK));
+        let mut covered = 0;
+        let mut next_free = first; // blocks before this one are counted already
+        let window = self
+            .dirty
+            .range(..end * BLOCK)
+            .filter(|(_, &e)| e > first * BLOCK);
+        for (&s, &e) in window {
+            let from = (s / BLOCK).max(next_free);
+            let to = e.div_ceil(BLOCK).min(end);
+            if to > from {
+                covered += to - from;
+                next_free = to;
+            }
+        }
+        (end - first) - covered
+    }
+
+    /// Blocks the written ranges touch, in bytes.
+    fn footprint(&self) -> u64 {
+        let mut blocks = 0;
+        let mut next_free = 0;
+        for (&s, &e) in &self.dirty {
+            let from = (s / BLOCK).max(next_free);
+            let to = e.div_ceil(BLOCK);
+            if to > from {
+                blocks += to - from;
+                next_free = to;
+            }
+        }
+        blocks * BLOCK
     }
 
     fn mark_dirty(&mut self, range: Range<u64>) {
@@ -242,11 +272,28 @@ impl PatchFile {
     }
 
     /// The parts of the new object: unchanged base runs of at least `min_copy` bytes are copied
-    /// (at most 5 GiB a part), everything else is uploaded in parts of up to `target` bytes.
-    /// Every part but the last holds at least S3's 5 MiB.
+    /// (in parts of at most 32 × `target`, from 256 MiB to 5 GiB, so a long run is copied by
+    /// several parts at once: the server copies them in parallel), everything else is uploaded
+    /// in parts of up to `target` bytes. Every part but the last holds at least S3's 5 MiB.
+    /// Never more than S3's 10,000 parts: when changes are scattered so thinly that every one
+    /// would cost a part or two, runs must be longer to be copied and upload parts grow
+    /// (both doubled until the plan fits).
     pub fn plan(&self, min_copy: u64, target: u64) -> Vec<PartPlan> {
-        let min_copy = min_copy.max(MIN_PART_SIZE);
+        let (mut min_copy, mut target) = (min_copy.max(MIN_PART_SIZE), target);
+        loop {
+            let plan = self.plan_once(min_copy, target);
+            let exhausted = min_copy > self.size && target >= MAX_PART_SIZE;
+            if plan.len() <= MAX_PARTS as usize || exhausted {
+                return plan;
+            }
+            min_copy = min_copy.saturating_mul(2);
+            target = target.saturating_mul(2).min(MAX_PART_SIZE);
+        }
+    }
+
+    fn plan_once(&self, min_copy: u64, target: u64) -> Vec<PartPlan> {
         let target = target.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
+        let copy_max = target.saturating_mul(32).clamp(256 << 20, MAX_PART_SIZE);
         let segments = self.segments(0..self.size);
         let segment_at = |pos: u64| -> &Segment {
             let i = segments.partition_point(|s| s.range.end <= pos);
@@ -266,7 +313,12 @@ impl PatchFile {
         while pos < self.size {
             let run = base_run(pos);
             if run >= min_copy {
-                let len = run.min(MAX_PART_SIZE);
+                // A remainder too short to be copied on its own goes with this part.
+                let len = if run > copy_max && run - copy_max < min_copy {
+                    run.min(MAX_PART_SIZE)
+                } else {
+                    run.min(copy_max)
+                };
                 parts.push(PartPlan::Copy(pos..pos + len));
                 pos += len;
                 continue;
@@ -396,7 +448,7 @@ mod tests {
         p.write(10, &[1; 10]).unwrap();
         p.write(15, &[2; 10]).unwrap(); // overlaps and extends
         p.write(25, &[3; 5]).unwrap(); // touches: merged
-        assert_eq!(p.dirty_bytes(), 20);
+        assert_eq!(p.dirty_bytes(), BLOCK, "disk is counted in blocks");
         p.truncate(50);
         p.truncate(60); // grows: 50..60 is zeros, not the base
         p.write(70, &[4; 2]).unwrap(); // beyond the end: a hole of zeros
@@ -415,8 +467,10 @@ mod tests {
                 (70..72, Source::Dirty),
             ]
         );
+        p.write(3 * BLOCK, &[5; 2]).unwrap();
+        assert_eq!(p.dirty_bytes(), 2 * BLOCK);
         p.truncate(20);
-        assert_eq!(p.dirty_bytes(), 10, "bytes cut off are given back");
+        assert_eq!(p.dirty_bytes(), BLOCK, "blocks cut off are given back");
     }
 
     #[test]
@@ -431,10 +485,11 @@ mod tests {
                 PartPlan::Copy(_) => 0,
             })
             .sum();
-        // The last part may be small: the whole old object is one copy.
-        assert_eq!(plan.len(), 2, "{plan:?}");
+        // The last part may be small: the whole old object is copied, in 256 MiB parts.
+        assert_eq!(plan.len(), 5, "{plan:?}");
         assert_eq!(uploaded, 1024, "only the new bytes go up: {plan:?}");
-        assert_eq!(plan[0], PartPlan::Copy(0..1 << 30));
+        assert_eq!(plan[0], PartPlan::Copy(0..256 << 20));
+        assert_eq!(plan[3], PartPlan::Copy(768 << 20..1 << 30));
     }
 
     #[test]

@@ -1133,3 +1133,4 @@ async fn a_file_renamed_away_and_back_while_uploading_lands_under_its_name() {
 }
 
 mod posix;
+mod review;

@@ -54,6 +54,9 @@ struct Upload {
     /// file renamed while being written keeps uploading here and is moved at commit.
     key: String,
     id: String,
+    /// The metadata it was created with: a chmod or setxattr during the upload changes
+    /// `FileWriter::opts`, which the commit then applies by a self-copy.
+    opts: PutOptions,
     next_number: i32,
     /// Bytes sent (or copied) as parts so far, in part order.
     bytes: u64,
@@ -161,6 +164,10 @@ impl<S: ObjectStore> FileWriter<S> {
     pub fn random_access(mut self) -> Self {
         self.random_access = true;
         self
+    }
+
+    pub fn set_random_access(&mut self) {
+        self.random_access = true;
     }
 
     /// Records this writer's multipart uploads in `journal` while they are open.
@@ -316,6 +323,9 @@ impl<S: ObjectStore> FileWriter<S> {
             State::Superseded => return Err(FsError::Busy),
             _ => {}
         }
+        if self.patch.is_none() && self.state == State::Open && self.upload.is_some() {
+            return self.write_streamed(offset, data).await;
+        }
         if self.patch.is_some() || self.needs_patch(offset) {
             self.ensure_patch()?;
             let patch = self.patch.as_mut().expect("just made");
@@ -330,6 +340,50 @@ impl<S: ObjectStore> FileWriter<S> {
         if self.state == State::Committed {
             self.state = State::Open;
         }
+        self.append(data).await?;
+        Ok(data.len() as u32)
+    }
+
+    /// A write to a file streaming into a multipart upload: bytes still in the part being
+    /// filled are changed in memory, a write past the end streams zeros up to it first; bytes
+    /// already uploaded cannot be changed (EOPNOTSUPP, nothing changes).
+    async fn write_streamed(&mut self, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let sent = self.size - self.buffer.len() as u64;
+        if offset < sent {
+            warn!(
+                key = %self.key,
+                offset,
+                uploaded = sent,
+                "a write behind bytes already uploaded of a file being streamed is refused \
+                 (EOPNOTSUPP); open it with O_RDWR to write anywhere"
+            );
+            return Err(FsError::NotSupported);
+        }
+        if offset > self.size {
+            self.stream_zeros(offset).await?;
+        }
+        let overlap = (self.size - offset).min(data.len() as u64) as usize;
+        if overlap > 0 {
+            let sent = self.size - self.buffer.len() as u64;
+            self.buffer
+                .overwrite((offset - sent) as usize, &data[..overlap]);
+        }
+        self.append(&data[overlap..]).await?;
+        Ok(data.len() as u32)
+    }
+
+    /// Streams zeros up to `end` (a hole past the end of a streamed file).
+    async fn stream_zeros(&mut self, end: u64) -> FsResult<()> {
+        let zeros = vec![0u8; 1 << 20];
+        while self.size < end {
+            let n = (end - self.size).min(zeros.len() as u64) as usize;
+            self.append(&zeros[..n]).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends to the stream: bytes fill the part being built, full parts go up.
+    async fn append(&mut self, data: &[u8]) -> FsResult<()> {
         let mut rest = data;
         while !rest.is_empty() {
             let number = self.upload.as_ref().map(|u| u.next_number).unwrap_or(1);
@@ -357,7 +411,7 @@ impl<S: ObjectStore> FileWriter<S> {
                 }
             }
         }
-        Ok(data.len() as u32)
+        Ok(())
     }
 
     /// True when a write at `offset` cannot be a plain stream from the start of the file: the
@@ -365,6 +419,8 @@ impl<S: ObjectStore> FileWriter<S> {
     /// the end, or the handle reads too.
     fn needs_patch(&self, offset: u64) -> bool {
         match self.state {
+            // A file with content changes in place; an empty one streams like a new file
+            // (so a file created, fsynced and then written is not staged on disk).
             State::Committed => self.size > 0 || offset != 0 || self.random_access,
             State::Open => offset != self.size || self.random_access,
             State::Orphaned => true,
@@ -428,14 +484,22 @@ impl<S: ObjectStore> FileWriter<S> {
             if size == self.size {
                 return Ok(());
             }
-            if self.state == State::Open && self.upload.is_some() && size > self.size {
-                // A stream that has sent parts grows by streaming zeros.
-                let zeros = vec![0u8; 1 << 20];
-                while self.size < size {
-                    let n = (size - self.size).min(zeros.len() as u64) as usize;
-                    self.write(self.size, &zeros[..n]).await?;
+            if self.state == State::Open && self.upload.is_some() {
+                // A stream that has sent parts grows by streaming zeros, and shrinks only
+                // within the part still being filled.
+                if size > self.size {
+                    return self.stream_zeros(size).await;
                 }
-                return Ok(());
+                let sent = self.size - self.buffer.len() as u64;
+                if size >= sent {
+                    self.buffer.truncate((size - sent) as usize);
+                    self.size = size;
+                    return Ok(());
+                }
+                warn!(key = %self.key, size, uploaded = sent,
+                    "a truncate below bytes already uploaded of a file being streamed is refused \
+                     (EOPNOTSUPP); open it with O_RDWR to truncate anywhere");
+                return Err(FsError::NotSupported);
             }
             self.ensure_patch()?;
         }
@@ -475,6 +539,11 @@ impl<S: ObjectStore> FileWriter<S> {
         Ok(Some(
             patch.assemble(self.store.as_ref(), offset..end).await?,
         ))
+    }
+
+    /// The object this file's content starts from (what a rename must copy as it is).
+    pub fn base(&self) -> Option<&Base> {
+        self.base.as_ref()
     }
 
     /// When the unsent content is an in-place change of a stored object: that object's size.
@@ -571,6 +640,7 @@ impl<S: ObjectStore> FileWriter<S> {
             self.upload = Some(Upload {
                 key: self.key.clone(),
                 id,
+                opts: self.opts.clone(),
                 next_number: 1,
                 bytes: 0,
                 running: Vec::new(),
@@ -648,9 +718,9 @@ impl<S: ObjectStore> FileWriter<S> {
         }
         self.drain_parts().await?;
         self.done_parts.sort_by_key(|p| p.number);
-        let (upload_key, id) = {
+        let (upload_key, id, upload_opts) = {
             let upload = self.upload.as_ref().expect("checked above");
-            (upload.key.clone(), upload.id.clone())
+            (upload.key.clone(), upload.id.clone(), upload.opts.clone())
         };
         let etag = self
             .store
@@ -660,12 +730,25 @@ impl<S: ObjectStore> FileWriter<S> {
         self.upload = None;
         self.done_parts.clear();
         if upload_key == self.key {
-            return Ok(etag);
+            if upload_opts == self.opts {
+                return Ok(etag);
+            }
+            // Metadata changed while the upload ran (chmod, setxattr): a multipart upload
+            // keeps what it was created with, so the object gets the new metadata by a copy.
+            let copier = ServerCopy {
+                store: self.store.as_ref(),
+                journal: self.journal.as_deref(),
+                if_match: etag.as_deref(),
+            };
+            return copier
+                .copy(&self.key, &self.key, self.size, &self.opts, true)
+                .await;
         }
         // Renamed while being written: the content moves to its final name.
         let copier = ServerCopy {
             store: self.store.as_ref(),
             journal: self.journal.as_deref(),
+            if_match: None,
         };
         let moved = copier
             .copy(&upload_key, &self.key, self.size, &self.opts, true)
@@ -705,14 +788,7 @@ impl<S: ObjectStore> FileWriter<S> {
             let body = patch.assemble(self.store.as_ref(), 0..size).await?;
             return Ok(self.store.put(&self.key, body, &self.opts).await?);
         }
-        let mut target = self.base_part_size;
-        let plan = loop {
-            let plan = patch.plan(MIN_PART_SIZE, target);
-            if plan.len() <= MAX_PARTS as usize || target >= MAX_PART_SIZE {
-                break plan;
-            }
-            target *= 2;
-        };
+        let plan = patch.plan(MIN_PART_SIZE, self.base_part_size);
         let id = self.store.create_multipart(&self.key, &self.opts).await?;
         self.journal_record(&self.key, &id);
         let outcome = async {
@@ -896,6 +972,22 @@ impl PartBuffer {
         match self {
             Self::Small(b) => b,
             Self::Pooled(b) => b.as_ref(),
+        }
+    }
+
+    /// Rewrites bytes already buffered, from `at` on (within the buffer).
+    fn overwrite(&mut self, at: usize, data: &[u8]) {
+        let slice: &mut [u8] = match self {
+            Self::Small(b) => b,
+            Self::Pooled(b) => b.as_mut(),
+        };
+        slice[at..at + data.len()].copy_from_slice(data);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Self::Small(b) => b.truncate(len),
+            Self::Pooled(b) => b.truncate(len),
         }
     }
 

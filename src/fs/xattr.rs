@@ -204,26 +204,43 @@ impl<S: ObjectStore> Fs<S> {
         if metadata_bytes(&metadata) > MAX_USER_METADATA_BYTES {
             return Err(FsError::TooBig);
         }
-        let writer = self.writer_of(ino);
-        let needs_copy = match &writer {
+        // Not in S3 (yet), or unlinked (its key may belong to a new file now): the change
+        // stays in this mount.
+        let local_only = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .is_some_and(|i| i.is_pending() || i.is_unlinked());
+        match self.writer_of(ino) {
             Some(writer) => {
                 let mut writer = writer.lock().await;
                 writer.opts_mut().user_metadata = metadata.clone();
-                let pending = self
-                    .inodes
-                    .lock()
-                    .unwrap()
-                    .get(ino)
-                    .is_some_and(|i| i.is_pending());
-                !writer.is_dirty() && !pending && !writer.is_discarded()
+                // Unsent content carries them at its commit; else a self-copy now, under the
+                // writer's lock, and later changes in place start from the copy.
+                if !writer.is_dirty() && !writer.is_discarded() && !local_only {
+                    let pinned = writer
+                        .base()
+                        .filter(|b| b.size > 0 && b.key == key)
+                        .and_then(|b| b.etag.clone());
+                    let etag = self
+                        .store_metadata(&key, attrs.kind, metadata, pinned.as_deref())
+                        .await?;
+                    writer.rebase(key.clone(), etag.clone());
+                    if attrs.kind != Kind::Dir {
+                        attrs.etag = etag;
+                    }
+                }
             }
-            None => true,
-        };
-        if needs_copy {
-            let etag = self.store_metadata(&key, attrs.kind, metadata).await?;
-            if attrs.kind != Kind::Dir {
-                attrs.etag = etag;
+            None if !local_only => {
+                let etag = self
+                    .store_metadata(&key, attrs.kind, metadata, None)
+                    .await?;
+                if attrs.kind != Kind::Dir {
+                    attrs.etag = etag;
+                }
             }
+            None => {}
         }
         self.inodes
             .lock()
@@ -239,13 +256,15 @@ impl<S: ObjectStore> Fs<S> {
         key: &str,
         kind: Kind,
         metadata: HashMap<String, String>,
+        if_match: Option<&str>,
     ) -> FsResult<Option<String>> {
         let mut opts = self.config.upload.clone();
         opts.user_metadata = metadata;
         match self.store.head(key).await {
             Ok(info) => {
                 opts.content_type = info.content_type;
-                self.copy_object(key, key, info.size, &opts, true).await
+                self.copy_object_pinned(key, key, info.size, &opts, true, if_match)
+                    .await
             }
             Err(StoreError::NotFound) if kind == Kind::Dir => {
                 opts.content_type = Some("application/x-directory".to_string());

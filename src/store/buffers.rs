@@ -83,6 +83,10 @@ impl PooledBuf {
         self.data.is_empty()
     }
 
+    pub fn truncate(&mut self, len: usize) {
+        self.data.truncate(len);
+    }
+
     pub fn freeze(self) -> Bytes {
         Bytes::from_owner(self)
     }
@@ -91,6 +95,12 @@ impl PooledBuf {
 impl AsRef<[u8]> for PooledBuf {
     fn as_ref(&self) -> &[u8] {
         &self.data
+    }
+}
+
+impl AsMut<[u8]> for PooledBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.data
     }
 }
 

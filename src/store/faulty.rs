@@ -284,4 +284,18 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.check(Op::Copy).await?;
         self.inner.copy(source, dest, opts, replace_metadata).await
     }
+
+    async fn copy_if_match(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+        if_match: &str,
+    ) -> StoreResult<Option<String>> {
+        self.check(Op::Copy).await?;
+        self.inner
+            .copy_if_match(source, dest, opts, replace_metadata, if_match)
+            .await
+    }
 }

@@ -327,9 +327,36 @@ impl ObjectStore for MemoryStore {
         opts: &PutOptions,
         replace_metadata: bool,
     ) -> StoreResult<Option<String>> {
+        self.copy_checked(source, dest, opts, replace_metadata, None)
+    }
+
+    async fn copy_if_match(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+        if_match: &str,
+    ) -> StoreResult<Option<String>> {
+        self.copy_checked(source, dest, opts, replace_metadata, Some(if_match))
+    }
+}
+
+impl MemoryStore {
+    fn copy_checked(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+        if_match: Option<&str>,
+    ) -> StoreResult<Option<String>> {
         let (data, info) = {
             let objects = self.objects.lock().unwrap();
             let object = objects.get(source).ok_or(StoreError::NotFound)?;
+            if if_match.is_some_and(|etag| object.info.etag.as_deref() != Some(etag)) {
+                return Err(StoreError::PreconditionFailed);
+            }
             (object.data.clone(), object.info.clone())
         };
         let opts = if replace_metadata {

@@ -174,6 +174,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Every upload under `prefix` that is neither completed nor aborted (all pages).
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>>;
 
+    /// `copy`, only if `source` is still the version with ETag `if_match`
+    /// (`x-amz-copy-source-if-match`); `PreconditionFailed` otherwise. The default checks with a
+    /// HEAD first (a wrapper that does not forward this); real stores send the condition.
+    async fn copy_if_match(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+        if_match: &str,
+    ) -> StoreResult<Option<String>> {
+        if self.head(source).await?.etag.as_deref() != Some(if_match) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        self.copy(source, dest, opts, replace_metadata).await
+    }
+
     /// A presigned GET URL of `key`, valid for `expires`: anyone holding it can download the
     /// object without credentials. It carries a signature: never log it.
     async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String>;

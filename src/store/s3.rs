@@ -567,13 +567,41 @@ impl ObjectStore for S3Store {
         opts: &PutOptions,
         replace_metadata: bool,
     ) -> StoreResult<Option<String>> {
+        self.copy_object_if(source, dest, opts, replace_metadata, None)
+            .await
+    }
+
+    async fn copy_if_match(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+        if_match: &str,
+    ) -> StoreResult<Option<String>> {
+        self.copy_object_if(source, dest, opts, replace_metadata, Some(if_match))
+            .await
+    }
+}
+
+impl S3Store {
+    /// CopyObject, conditioned on the source's ETag when `if_match` is given.
+    async fn copy_object_if(
+        &self,
+        source: &str,
+        dest: &str,
+        opts: &PutOptions,
+        replace_metadata: bool,
+        if_match: Option<&str>,
+    ) -> StoreResult<Option<String>> {
         let _permit = self.connection().await;
         let mut request = self
             .client
             .copy_object()
             .bucket(&self.bucket)
             .key(dest)
-            .copy_source(copy_source(&self.bucket, source));
+            .copy_source(copy_source(&self.bucket, source))
+            .set_copy_source_if_match(if_match.map(str::to_string));
         if replace_metadata {
             request = request
                 .metadata_directive(MetadataDirective::Replace)

@@ -427,3 +427,64 @@ async fn fallocate_grows_a_file_with_zeros_and_never_shrinks_it() {
     close(&fs, fh).await.unwrap();
     assert_eq!(&store.inner().get("f").unwrap()[..], b"abc\0\0\0");
 }
+
+#[tokio::test]
+async fn a_chmod_while_a_large_file_streams_reaches_the_object() {
+    let (store, fs) = fs_with(&[], with_disk());
+    let (entry, fh) = fs
+        .create(ROOT_INO, OsStr::new("big"), 0o644, ROOT)
+        .await
+        .unwrap();
+    let data = crate::testdata::random_bytes(12 << 20, 2);
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        fs.write(fh, (i << 20) as u64, chunk).await.unwrap();
+    }
+    fs.setattr(
+        entry.ino,
+        SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+    )
+    .await
+    .unwrap();
+    close(&fs, fh).await.unwrap();
+    let info = store.inner().info("big").unwrap();
+    assert_eq!(
+        info.user_metadata["mode"],
+        (libc::S_IFREG | 0o600).to_string()
+    );
+    assert_eq!(store.inner().get("big").unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_streamed_file_changes_in_its_last_part_and_grows_past_its_end() {
+    let (store, fs) = fs_with(&[], with_disk());
+    let (entry, fh) = fs
+        .create(ROOT_INO, OsStr::new("s"), 0o644, ROOT)
+        .await
+        .unwrap();
+    let mut expected = crate::testdata::random_bytes(6 << 20, 3);
+    fs.write(fh, 0, &expected).await.unwrap(); // one 5 MiB part is up
+                                               // Inside the part being filled: changed in memory.
+    fs.write(fh, (5 << 20) + 10, b"HERE").await.unwrap();
+    expected[(5 << 20) + 10..(5 << 20) + 14].copy_from_slice(b"HERE");
+    // Behind the uploaded part: refused, nothing changes.
+    let behind = fs.write(fh, 10, b"no").await;
+    assert_eq!(behind.unwrap_err().errno(), libc::EOPNOTSUPP);
+    // Past the end: a hole of zeros.
+    fs.write(fh, (7 << 20) as u64, b"END").await.unwrap();
+    expected.resize(7 << 20, 0);
+    expected.extend_from_slice(b"END");
+    // Shrinking within the unsent bytes works, below them is refused.
+    let shrink = |size: u64| SetAttr {
+        size: Some(size),
+        ..SetAttr::default()
+    };
+    fs.setattr(entry.ino, shrink((7 << 20) + 1)).await.unwrap();
+    expected.truncate((7 << 20) + 1);
+    let below = fs.setattr(entry.ino, shrink(1 << 20)).await;
+    assert_eq!(below.unwrap_err().errno(), libc::EOPNOTSUPP);
+    close(&fs, fh).await.unwrap();
+    assert_eq!(store.inner().get("s").unwrap(), expected);
+}
