@@ -652,6 +652,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
                     let (offered, mut sent, mut full) = (items.len(), 0, false);
                     let mut items = items.into_iter();
                     for item in items.by_ref() {
+                        // Unverified entries are not cached: their first use looks them up.
+                        let ttl = if item.verified {
+                            ttl
+                        } else {
+                            std::time::Duration::ZERO
+                        };
                         full = reply.add(
                             INodeNo(item.entry.ino),
                             item.offset,

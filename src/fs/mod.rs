@@ -144,6 +144,10 @@ pub struct DirItem {
     pub name: String,
     pub entry: Entry,
     pub counted: bool,
+    /// False for an entry of a small directory whose own metadata is unknown (only listed):
+    /// the kernel must not cache its attributes, so its next use looks it up (a HEAD tells
+    /// whether it is a symlink, its mode, owner and times).
+    pub verified: bool,
 }
 
 /// Filesystem-wide numbers for statfs.
@@ -525,6 +529,7 @@ impl<S: ObjectStore> Fs<S> {
                     name: ".".into(),
                     entry: dot,
                     counted: false,
+                    verified: true,
                 });
             }
             items.push(DirItem {
@@ -532,6 +537,7 @@ impl<S: ObjectStore> Fs<S> {
                 name: "..".into(),
                 entry: dotdot,
                 counted: false,
+                verified: true,
             });
         }
         let start = offset.saturating_sub(2) as usize;
@@ -547,13 +553,14 @@ impl<S: ObjectStore> Fs<S> {
                 self.snapshots.set(dir_ino, names, handle.epoch);
             }
         }
-        // A small directory, listed whole: its entries' own metadata is worth a HEAD each (see
-        // `settle_listed_attrs`).
+        // A small directory, listed whole: its entries' own metadata is asked for when they
+        // are used (see `settle_listed_attrs`).
         let small = handle
             .listing
             .complete_names()
             .is_some_and(|names| names.len() <= SMALL_DIR_ENTRIES);
-        self.settle_listed_attrs(dir_ino, &prefix, &mut entries, small)
+        let unverified = self
+            .settle_listed_attrs(dir_ino, &prefix, &mut entries, small)
             .await?;
         let expires = self.expiry();
         let mut inodes = self.inodes.lock().unwrap();
@@ -569,7 +576,10 @@ impl<S: ObjectStore> Fs<S> {
                 Kind::Dir => format!("{prefix}{}/", e.name),
                 _ => format!("{prefix}{}", e.name),
             };
+            let verified = !unverified.contains(&i);
             let entry = if plus {
+                // An unverified entry is expired at once: a lookup asks the store.
+                let expires = if verified { expires } else { Instant::now() };
                 let inode = inodes.upsert_child(dir_ino, &e.name, key, e.attrs, expires, true);
                 Entry {
                     ino: inode.ino,
@@ -590,6 +600,7 @@ impl<S: ObjectStore> Fs<S> {
                 name: e.name,
                 entry,
                 counted: plus,
+                verified,
             });
         }
         Ok(items)
@@ -598,18 +609,21 @@ impl<S: ObjectStore> Fs<S> {
     /// Listings carry no metadata, so a listed entry shows the mount's default owner and mode,
     /// S3's LastModified, and is a regular file or a directory. Better attributes already known
     /// for the same object version (from a HEAD, a write or a chmod in this mount) are kept;
-    /// files being written keep theirs. Unknown entries are HEADed (concurrently, a directory
-    /// through its marker) so they show their POSIX metadata and what they are (a symlink, a
-    /// FIFO): in `small` directories (listed whole, at most `SMALL_DIR_ENTRIES`), and in every
-    /// directory with `stat_metadata`. Large directories stay HEAD-free: one HEAD per object is
-    /// what makes `ls -l` slow on other S3 filesystems.
+    /// files being written keep theirs. With `stat_metadata`, unknown entries are HEADed
+    /// (concurrently, a directory through its marker) so they show their POSIX metadata and
+    /// what they are (a symlink, a FIFO). Without it, the unknown entries of `small` directories
+    /// (listed whole, at most `SMALL_DIR_ENTRIES`) are returned as unverified (their indices):
+    /// the kernel looks each up when it needs its attributes (`ls -l`, `stat`), and one that
+    /// is never looked at (`find`, `ls`) costs nothing. Large directories keep the listing's
+    /// attributes for the TTL: one request per object is what makes `ls -l` slow on other S3
+    /// filesystems.
     async fn settle_listed_attrs(
         &self,
         dir: u64,
         prefix: &str,
         entries: &mut [dir::DirEntry],
         small: bool,
-    ) -> FsResult<()> {
+    ) -> FsResult<Vec<usize>> {
         let mut unknown = Vec::new();
         {
             let inodes = self.inodes.lock().unwrap();
@@ -628,8 +642,11 @@ impl<S: ObjectStore> Fs<S> {
                 }
             }
         }
-        if !(self.config.stat_metadata || small) || unknown.is_empty() {
-            return Ok(());
+        if !self.config.stat_metadata {
+            return Ok(if small { unknown } else { Vec::new() });
+        }
+        if unknown.is_empty() {
+            return Ok(Vec::new());
         }
         let keys: Vec<String> = unknown
             .iter()
@@ -658,7 +675,7 @@ impl<S: ObjectStore> Fs<S> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     pub fn releasedir(&self, fh: u64) {

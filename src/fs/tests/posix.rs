@@ -24,10 +24,34 @@ async fn symlinks_are_s3fs_objects_and_read_back_in_a_fresh_mount() {
         .symlink(dir.ino, OsStr::new("l"), OsStr::new("x"), ROOT)
         .await;
     assert_eq!(again.unwrap_err().errno(), libc::EEXIST);
-    // A fresh mount sees a symlink both by lookup and in the listing of a small directory.
+    // A fresh mount lists it unverified (the kernel caches nothing of it), and its lookup
+    // tells it is a symlink.
     let fresh = Fs::new(store.clone(), FsConfig::default());
+    let d = lookup_path(&fresh, "d").await.unwrap();
+    let fh = fresh.opendir(d.ino).unwrap();
+    let items = fresh.readdir(fh, 0, 100, true).await.unwrap();
+    let l = items.iter().find(|i| i.name == "l").unwrap();
+    assert!(!l.verified, "only listed: not to be cached");
+    fresh.releasedir(fh);
     assert_eq!(
-        names_in(&fresh, "d", true).await,
+        fresh
+            .lookup(d.ino, OsStr::new("l"))
+            .await
+            .unwrap()
+            .attrs
+            .kind,
+        Kind::Symlink
+    );
+    // With --stat-metadata the listing HEADs it.
+    let headed = Fs::new(
+        store.clone(),
+        FsConfig {
+            stat_metadata: true,
+            ..FsConfig::default()
+        },
+    );
+    assert_eq!(
+        names_in(&headed, "d", true).await,
         vec![
             (".".to_string(), Kind::Dir),
             ("..".to_string(), Kind::Dir),
@@ -155,12 +179,15 @@ async fn chmod_moves_ctime_and_a_directory_mode_is_read_back() {
         (again.attrs.perm, again.attrs.uid, again.attrs.gid),
         (0o750, 7, 8)
     );
-    // And in a listing of the parent (a small directory: markers are HEADed).
+    // A listing of the parent (a small directory) leaves it unverified: the kernel looks it
+    // up (and reads the marker) before showing its mode.
     let fresh = Fs::new(store.clone(), FsConfig::default());
     let root = fresh.opendir(ROOT_INO).unwrap();
     let items = fresh.readdir(root, 0, 100, true).await.unwrap();
     let d = items.iter().find(|i| i.name == "d").unwrap();
-    assert_eq!(d.entry.attrs.perm, 0o750);
+    assert!(!d.verified);
+    let looked_up = fresh.lookup(ROOT_INO, OsStr::new("d")).await.unwrap();
+    assert_eq!(looked_up.attrs.perm, 0o750);
 }
 
 fn with_disk() -> FsConfig {
