@@ -133,6 +133,12 @@ pub struct Cli {
     #[arg(long)]
     pub stat_metadata: bool,
 
+    /// Extended attributes: `user.*` as object metadata and the read-only `bucketfs.*` ones
+    /// (ETag, storage class, presigned URL...); off unless asked for, as in s3fs, because
+    /// `ls -l` then asks every file for its ACLs, a round trip each
+    #[arg(long)]
+    pub xattr: bool,
+
     /// How long the presigned GET URL in the `bucketfs.presigned_url` attribute is valid
     /// (90s, 30m, 24h, 7d; S3 allows at most 7 days)
     #[arg(long, value_name = "AGE", value_parser = parse_presign_expiry, default_value = "1h")]

@@ -219,6 +219,7 @@ impl Config {
             stat_metadata: cli.stat_metadata,
             bucket_name: target.bucket.clone(),
             presign_expiry: cli.presign_expiry,
+            user_xattrs: cli.xattr,
             disk_cache: (cli.max_cache_size > 0).then(|| DiskCacheConfig {
                 dir: cli.cache_dir.clone().unwrap_or_else(std::env::temp_dir),
                 max_bytes: cli.max_cache_size << 20,

@@ -781,6 +781,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.fs.config().user_xattrs {
+            // Off (no --xattr): ENOSYS, so the kernel stops asking (`ls -l` asks every file for
+            // its ACLs, a round trip each).
+            return reply.error(Errno::ENOSYS);
+        }
+        let bytes = name.as_encoded_bytes();
+        if !bytes.starts_with(b"user.") && !bytes.starts_with(b"bucketfs.") {
+            // ACLs and security labels: none is kept; answered here, without a hop to the
+            // runtime.
+            return reply.error(Errno::ENODATA);
+        }
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.runtime.spawn(async move {
@@ -792,6 +803,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.fs.config().user_xattrs {
+            // ENOSYS: the kernel stops asking (ls -l lists attributes of every file).
+            return reply.error(Errno::ENOSYS);
+        }
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.listxattr(ino.0).await {
@@ -818,6 +833,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.fs.config().user_xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let fs = self.fs.clone();
         let (name, value) = (name.to_owned(), value.to_vec());
         self.runtime.spawn(async move {
@@ -829,6 +847,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.fs.config().user_xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.runtime.spawn(async move {

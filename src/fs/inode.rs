@@ -219,6 +219,8 @@ impl<W> InodeTable<W> {
         inode.name = new_name.to_string();
         inode.key = key;
         inode.expires = expires;
+        // A rename changes the inode (POSIX lets ctime move; Linux filesystems do).
+        inode.attrs.ctime = std::time::SystemTime::now();
         let pending = inode.pending;
         if pending {
             self.unindex_pending(old_parent, ino);

@@ -78,6 +78,10 @@ pub struct FsConfig {
     pub bucket_name: String,
     /// How long a presigned URL (`bucketfs.presigned_url`) is valid.
     pub presign_expiry: Duration,
+    /// Extended attributes (`--xattr`): `user.*` and the read-only `bucketfs.*`. Off, the
+    /// FUSE adapter answers ENOSYS and the kernel stops asking: `ls -l` asks every file for its
+    /// ACLs, which would cost a round trip per file (and listing `user.*` a HEAD).
+    pub user_xattrs: bool,
 }
 
 impl Default for FsConfig {
@@ -97,6 +101,7 @@ impl Default for FsConfig {
             disk_cache: None,
             bucket_name: "bucket".to_string(),
             presign_expiry: Duration::from_secs(3600),
+            user_xattrs: false,
         }
     }
 }

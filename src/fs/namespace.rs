@@ -1303,6 +1303,7 @@ impl<S: ObjectStore> Fs<S> {
             // A copy may carry a new ETag: record it, so listings keep matching this entry.
             let attrs = Attributes {
                 etag: Some(etag),
+                ctime: SystemTime::now(),
                 ..attrs
             };
             inodes.set_attrs(ino, attrs, self.expiry());

@@ -24,6 +24,9 @@ use crate::store::{ObjectStore, StoreError};
 /// takes a whole filesystem block.
 const BLOCK: u64 = 4096;
 
+/// S3's largest object: a file is never written or truncated past it (EFBIG).
+pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+
 /// S3's largest part, for UploadPartCopy too.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 
@@ -122,6 +125,7 @@ impl PatchFile {
         }
         let end = offset
             .checked_add(data.len() as u64)
+            .filter(|&end| end <= MAX_OBJECT_SIZE)
             .ok_or(FsError::FileTooLarge)?;
         let new_bytes = self.new_blocks(offset..end) * BLOCK;
         if !self.disk.reserve(new_bytes) {

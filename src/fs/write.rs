@@ -470,6 +470,9 @@ impl<S: ObjectStore> FileWriter<S> {
         if size == 0 {
             return self.truncate().await;
         }
+        if size > super::patch::MAX_OBJECT_SIZE {
+            return Err(FsError::FileTooLarge);
+        }
         match &self.state {
             State::Failed(e) => return Err(e.clone()),
             State::Superseded => return Err(FsError::Busy),

@@ -115,7 +115,7 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(field) = name.strip_prefix(VIRTUAL_PREFIX) {
             return self.virtual_attribute(ino, field).await;
         }
-        if !name.starts_with(USER_PREFIX) {
+        if !name.starts_with(USER_PREFIX) || !self.config.user_xattrs {
             // security.*, system.* (ACLs), trusted.*: none is kept, and asking costs nothing.
             return Err(FsError::NoData);
         }
@@ -130,6 +130,9 @@ impl<S: ObjectStore> Fs<S> {
 
     /// The names of the user attributes (never the read-only `bucketfs.*` ones).
     pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
+        if !self.config.user_xattrs {
+            return Err(FsError::NotSupported);
+        }
         let metadata = self.current_metadata(ino).await?;
         let mut names: Vec<String> = user_attributes(&metadata)
             .into_keys()
@@ -150,6 +153,9 @@ impl<S: ObjectStore> Fs<S> {
         let name = std::str::from_utf8(name.as_bytes()).map_err(|_| FsError::Invalid)?;
         if name.starts_with(VIRTUAL_PREFIX) {
             return Err(FsError::PermissionDenied);
+        }
+        if !self.config.user_xattrs {
+            return Err(FsError::NotSupported);
         }
         let key = metadata_key(name)?.to_string();
         let value = encode_value(value);

@@ -181,7 +181,7 @@ fn s3fs_and_bucketfs_read_each_others_symlinks_modes_and_times() {
 #[test]
 fn xattrs_work_with_getfattr_setfattr_cp_and_rsync() {
     let bucket = TestBucket::new();
-    let mount = Mount::new(&bucket.name, &["--presign-expiry", "10m"]);
+    let mount = Mount::new(&bucket.name, &["--xattr", "--presign-expiry", "10m"]);
     let root = shell_quote(mount.path());
     sh_ok(&format!("echo content > {root}/f"));
     sh_ok(&format!(

@@ -199,6 +199,7 @@ fn with_disk() -> FsConfig {
             concurrency: 2,
         }),
         write_part_size: 5 << 20,
+        user_xattrs: true,
         ..FsConfig::default()
     }
 }
@@ -514,4 +515,50 @@ async fn a_streamed_file_changes_in_its_last_part_and_grows_past_its_end() {
     assert_eq!(below.unwrap_err().errno(), libc::EOPNOTSUPP);
     close(&fs, fh).await.unwrap();
     assert_eq!(store.inner().get("s").unwrap(), expected);
+}
+
+#[tokio::test]
+async fn a_rename_moves_ctime_and_sizes_past_five_tebibytes_are_efbig() {
+    let (_, fs) = fs_with(&[("f", "x")], with_disk());
+    let before = lookup_path(&fs, "f").await.unwrap().attrs.ctime;
+    std::thread::sleep(Duration::from_millis(5));
+    fs.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new("g"), false)
+        .await
+        .unwrap();
+    let g = lookup_path(&fs, "g").await.unwrap();
+    assert!(g.attrs.ctime > before, "rename moves ctime");
+    let fh = open_path(&fs, "g", libc::O_RDWR).await;
+    let huge = fs
+        .setattr(
+            g.ino,
+            SetAttr {
+                size: Some((5 << 40) + 1),
+                ..SetAttr::default()
+            },
+        )
+        .await;
+    assert_eq!(huge.unwrap_err().errno(), libc::EFBIG);
+    let far = fs.write(fh, 5 << 40, b"x").await;
+    assert_eq!(far.unwrap_err().errno(), libc::EFBIG);
+    close(&fs, fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_xattr_user_attributes_are_refused_at_no_cost() {
+    let (store, fs) = fs_of(&[("f", "x")]);
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let heads = store.calls(crate::store::faulty::Op::Head);
+    assert_eq!(
+        fs.listxattr(f.ino).await.unwrap_err().errno(),
+        libc::EOPNOTSUPP
+    );
+    let get = fs.getxattr(f.ino, OsStr::new("user.a")).await;
+    assert_eq!(get.unwrap_err().errno(), libc::ENODATA);
+    assert_eq!(
+        store.calls(crate::store::faulty::Op::Head),
+        heads,
+        "no request"
+    );
+    let set = fs.setxattr(f.ino, OsStr::new("user.a"), b"v", 0).await;
+    assert_eq!(set.unwrap_err().errno(), libc::EOPNOTSUPP);
 }

@@ -18,6 +18,7 @@ fn with_disk() -> FsConfig {
             concurrency: 2,
         }),
         write_part_size: 5 << 20,
+        user_xattrs: true,
         ..FsConfig::default()
     }
 }
