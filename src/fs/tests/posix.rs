@@ -190,7 +190,7 @@ async fn chmod_moves_ctime_and_a_directory_mode_is_read_back() {
     assert_eq!(looked_up.attrs.perm, 0o750);
 }
 
-fn with_disk() -> FsConfig {
+pub(super) fn with_disk() -> FsConfig {
     FsConfig {
         disk_cache: Some(disk_cache::DiskCacheConfig {
             dir: std::env::temp_dir(),
@@ -204,12 +204,12 @@ fn with_disk() -> FsConfig {
     }
 }
 
-async fn open_path(fs: &TestFs, path: &str, flags: i32) -> u64 {
+pub(super) async fn open_path(fs: &TestFs, path: &str, flags: i32) -> u64 {
     let entry = lookup_path(fs, path).await.unwrap();
     fs.open(entry.ino, flags).await.unwrap()
 }
 
-async fn close(fs: &TestFs, fh: u64) -> FsResult<()> {
+pub(super) async fn close(fs: &TestFs, fh: u64) -> FsResult<()> {
     let committed = fs.commit(fh).await;
     fs.release(fh).await;
     committed
