@@ -442,6 +442,15 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     async fn refresh_file(&self, ino: u64, key: &str) -> FsResult<Attributes> {
+        Ok(self.refresh_file_info(ino, key).await?.0)
+    }
+
+    /// `refresh_file`, also returning the object's user metadata from the same HEAD.
+    async fn refresh_file_info(
+        &self,
+        ino: u64,
+        key: &str,
+    ) -> FsResult<(Attributes, HashMap<String, String>)> {
         match self.store.head(key).await {
             Ok(info) => {
                 let attrs = Attributes::file(&info, &self.config.defaults);
@@ -455,7 +464,7 @@ impl<S: ObjectStore> Fs<S> {
                     return Err(FsError::Stale);
                 }
                 inodes.set_attrs(ino, attrs.clone(), self.expiry());
-                Ok(attrs)
+                Ok((attrs, info.user_metadata))
             }
             Err(StoreError::NotFound) => {
                 let mut inodes = self.inodes.lock().unwrap();

@@ -311,10 +311,12 @@ impl<S: ObjectStore> Fs<S> {
                 return Err(FsError::Busy);
             }
         }
-        let attrs = if fresh || (current_writer.is_some() && !handing_over) {
-            attrs
+        // The object's metadata when this open had to HEAD it anyway (a writer reuses it).
+        let (attrs, headed_metadata) = if fresh || (current_writer.is_some() && !handing_over) {
+            (attrs, None)
         } else {
-            self.refresh_file(ino, &key).await?
+            let (attrs, metadata) = self.refresh_file_info(ino, &key).await?;
+            (attrs, Some(metadata))
         };
         if !writing {
             let reader =
@@ -338,7 +340,10 @@ impl<S: ObjectStore> Fs<S> {
         if stored {
             // The new content keeps the object's user attributes (xattrs), as a file's
             // content change keeps them on any POSIX filesystem.
-            let mut metadata = self.stored_user_attributes(&key).await?;
+            let mut metadata = match headed_metadata {
+                Some(metadata) => user_attributes(&metadata),
+                None => self.stored_user_attributes(&key).await?,
+            };
             metadata.extend(opts.user_metadata);
             opts.user_metadata = metadata;
         }

@@ -562,3 +562,23 @@ async fn without_xattr_user_attributes_are_refused_at_no_cost() {
     let set = fs.setxattr(f.ino, OsStr::new("user.a"), b"v", 0).await;
     assert_eq!(set.unwrap_err().errno(), libc::EOPNOTSUPP);
 }
+
+#[tokio::test]
+async fn opening_a_stale_file_for_writing_asks_s3_once() {
+    let (store, fs) = fs_with(
+        &[("f", "x")],
+        FsConfig {
+            metadata_ttl: Duration::ZERO,
+            ..with_disk()
+        },
+    );
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let heads = store.calls(crate::store::faulty::Op::Head);
+    let fh = fs.open(f.ino, libc::O_WRONLY).await.unwrap();
+    assert_eq!(
+        store.calls(crate::store::faulty::Op::Head) - heads,
+        1,
+        "one HEAD gives both the size and the metadata a writer keeps"
+    );
+    close(&fs, fh).await.unwrap();
+}
