@@ -207,7 +207,8 @@ pub(crate) type SharedWriter<S> = Shared<FileWriter<S>>;
 ///    it is pending). Never held across an `.await`, a network call or a file-system call.
 /// 3. Leaf std mutexes, taken alone or under `inodes` (or under a level-1 lock) and never
 ///    around anything else: `files`, `dirs`, the negative cache, the directory snapshots, the
-///    block cache, the upload journal.
+///    block cache, the upload journal, the disk cache's index (taken by a writer's scratch
+///    file while it holds its writer's lock).
 ///
 /// `try_lock` of a level-1 lock never waits, so it is allowed anywhere.
 pub struct Fs<S> {
