@@ -24,11 +24,35 @@ pub fn bucketfs_bin() -> &'static str {
 }
 
 /// A port nobody listens on right now.
+///
+/// The port is taken below the kernel's ephemeral range: a server stopped and started again
+/// (the cluster and crash tests do that) must find its port free, and a port in the ephemeral
+/// range can meanwhile become the local end of any outgoing connection on the machine. Garage
+/// aborts when it cannot bind its RPC port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(30).max(10_100));
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+        ^ ((std::process::id() as u64) << 20)
+        ^ (CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 40);
+    for _ in 0..1000 {
+        // xorshift: enough to spread concurrent tests over the range.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = low + (seed % u64::from(high - low)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
 }
 
 /// A local S3 server started by `scripts/local-s3`; stopped when the test process exits.
