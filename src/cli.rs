@@ -14,11 +14,11 @@ use clap::Parser;
                   Unmount with: fusermount3 -u MOUNTPOINT"
 )]
 pub struct Cli {
-    /// BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX/
+    /// BUCKET, BUCKET:PREFIX or s3://BUCKET/PREFIX/; s3:// alone, or no bucket at all
+    /// (`bucketfs MOUNTPOINT`), mounts every bucket as a top-level directory
     pub bucket: String,
 
     /// Directory to mount on (must exist); not used with --list-uploads
-    #[arg(required_unless_present = "list_uploads")]
     pub mountpoint: Option<PathBuf>,
 
     /// S3 endpoint URL for S3-compatible stores [env: AWS_ENDPOINT_URL, S3_ENDPOINT_URL]
@@ -33,6 +33,11 @@ pub struct Cli {
     /// address or localhost
     #[arg(long)]
     pub force_path_style: bool,
+
+    /// PEM file of extra CA certificates for an HTTPS endpoint (added to the system's trusted
+    /// roots) [env: AWS_CA_BUNDLE]
+    #[arg(long, value_name = "FILE", env = "AWS_CA_BUNDLE", hide_env = true)]
+    pub ca_bundle: Option<PathBuf>,
 
     /// Named profile from the AWS config and credentials files
     #[arg(long, env = "AWS_PROFILE")]
@@ -153,6 +158,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value = "4")]
     pub max_attempts: u32,
 
+    /// Serve Prometheus metrics (S3 requests, bytes, latency, caches, memory, FUSE
+    /// operations) at http://HOST:PORT/metrics; off unless given
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Debug logging (RUST_LOG overrides)
     #[arg(short = 'd', long)]
     pub debug: bool,
@@ -180,9 +190,34 @@ pub struct Cli {
     /// With --list-uploads: abort the uploads listed
     #[arg(long, requires = "list_uploads")]
     pub abort_uploads: bool,
+
+    /// Mount options as in fstab, comma-separated: any long option above without its dashes,
+    /// NAME or NAME=VALUE (allow_other, uid=1000, endpoint_url=URL), ro, and fstab's own
+    /// (_netdev, nofail, noauto, x-systemd.*...), which are ignored. Expanded before parsing
+    /// (see `mount_helper`), so this field stays empty
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+
+    /// Print a completion script for this shell and exit
+    #[arg(long, value_name = "SHELL", hide = true,
+          value_parser = clap::value_parser!(clap_complete::Shell))]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the man page (roff) and exit
+    #[arg(long, hide = true)]
+    pub man_page: bool,
 }
 
 impl Cli {
+    /// The source (BUCKET... or `s3://` for every bucket) and the mountpoint: with a single
+    /// argument and no --list-uploads, that argument is the mountpoint of every bucket.
+    pub fn source_and_mountpoint(&self) -> (&str, Option<PathBuf>) {
+        match &self.mountpoint {
+            None if !self.list_uploads => ("s3://", Some(PathBuf::from(&self.bucket))),
+            mountpoint => (self.bucket.as_str(), mountpoint.clone()),
+        }
+    }
+
     /// The state directory: --state-dir, else $XDG_STATE_HOME/bucketfs, else
     /// ~/.local/state/bucketfs, else (no home) /var/lib/bucketfs.
     pub fn state_dir(&self) -> PathBuf {
@@ -288,7 +323,12 @@ mod tests {
         let cli = Cli::try_parse_from(["bucketfs", "b:p", "/mnt", "--read-only", "-f"]).unwrap();
         assert!(cli.read_only && cli.foreground);
         assert_eq!(cli.file_mode, 0o644);
-        assert!(Cli::try_parse_from(["bucketfs", "b"]).is_err());
+        // One argument: the mountpoint of every bucket.
+        let all = Cli::try_parse_from(["bucketfs", "/mnt/s3"]).unwrap();
+        assert_eq!(
+            all.source_and_mountpoint(),
+            ("s3://", Some(PathBuf::from("/mnt/s3")))
+        );
         let list =
             Cli::try_parse_from(["bucketfs", "--list-uploads", "b:p/", "--older-than", "1h"])
                 .unwrap();

@@ -38,8 +38,15 @@ pub struct Target {
     pub prefix: String,
 }
 
-/// Parses `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX/` and checks the bucket name.
+/// Parses `BUCKET`, `BUCKET:PREFIX` or `s3://BUCKET/PREFIX/` and checks the bucket name;
+/// `s3://` is every bucket (an empty bucket name).
 pub fn parse_target(value: &str) -> Result<Target, ConfigError> {
+    if value == "s3://" {
+        return Ok(Target {
+            bucket: String::new(),
+            prefix: String::new(),
+        });
+    }
     let (bucket, prefix) = if let Some(rest) = value.strip_prefix("s3://") {
         rest.split_once('/').unwrap_or((rest, ""))
     } else {
@@ -70,6 +77,8 @@ pub fn validate_bucket_name(name: &str) -> Result<(), ConfigError> {
 /// Everything resolved: what to mount, where, and how.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The source as given (the mount's name in /proc/mounts).
+    pub source: String,
     pub target: Target,
     pub mountpoint: PathBuf,
     pub s3: S3Settings,
@@ -88,9 +97,10 @@ impl Config {
     /// Resolves the command line. The region is filled in later (it may need the profile
     /// files) unless given by flag or environment.
     pub fn resolve(cli: &Cli) -> Result<Self, ConfigError> {
-        let target = parse_target(&cli.bucket)?;
+        let (source, mountpoint) = cli.source_and_mountpoint();
+        let target = parse_target(source)?;
         // --list-uploads mounts nothing.
-        let mountpoint = cli.mountpoint.clone().unwrap_or_default();
+        let mountpoint = mountpoint.unwrap_or_default();
         let shown = mountpoint.display().to_string();
         match std::fs::metadata(&mountpoint) {
             _ if cli.list_uploads => {}
@@ -220,6 +230,7 @@ impl Config {
             bucket_name: target.bucket.clone(),
             presign_expiry: cli.presign_expiry,
             user_xattrs: cli.xattr,
+            buckets_at_root: target.bucket.is_empty(),
             disk_cache: (cli.max_cache_size > 0).then(|| DiskCacheConfig {
                 dir: cli.cache_dir.clone().unwrap_or_else(std::env::temp_dir),
                 max_bytes: cli.max_cache_size << 20,
@@ -232,11 +243,14 @@ impl Config {
             check_dir(&disk_cache.dir).map_err(ConfigError::CacheDir)?;
         }
         Ok(Config {
+            source: source.to_string(),
             s3: S3Settings {
                 bucket: target.bucket.clone(),
                 region,
                 endpoint_url,
                 force_path_style,
+                // An empty AWS_CA_BUNDLE counts as unset, as every variable here does.
+                ca_bundle: cli.ca_bundle.clone().filter(|p| !p.as_os_str().is_empty()),
                 profile: cli.profile.clone(),
                 no_sign_request: cli.no_sign_request,
                 static_credentials,

@@ -1,7 +1,9 @@
 //! Running in the background: the parent starts a copy of itself in the foreground, detached
 //! (new session, no terminal), and exits 0 only once that copy reports the mount is live, or
-//! non-zero with the copy's error message. Nothing fails silently.
+//! non-zero with the copy's error message. Nothing fails silently. Under systemd
+//! (`Type=notify`), the same moments are reported on the notify socket (see `notify`).
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -37,12 +39,14 @@ impl Ready {
     }
 
     pub fn success(self) {
+        crate::notify::ready("mounted; SIGTERM stores open files, then unmounts");
         if let Ready::Parent(mut pipe) = self {
             let _ = writeln!(pipe, "OK");
         }
     }
 
     pub fn failure(self, message: &str) {
+        crate::notify::status(&format!("cannot mount: {message}"));
         match self {
             Ready::Terminal => eprintln!("bucketfs: {message}"),
             Ready::Parent(mut pipe) => {
@@ -52,8 +56,9 @@ impl Ready {
     }
 }
 
-/// Starts this program again in the foreground, detached, and exits with its outcome.
-pub fn daemonize() -> ! {
+/// Starts this program again with `args` (the command line after the program name, as
+/// parsed) in the foreground, detached, and exits with its outcome.
+pub fn daemonize(args: &[OsString]) -> ! {
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid array of two descriptors for pipe() to fill.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -78,7 +83,7 @@ pub fn daemonize() -> ! {
     };
     let mut command = Command::new(exe);
     command
-        .args(std::env::args_os().skip(1))
+        .args(args)
         .arg("--foreground")
         .env(READY_FD_ENV, fds[1].to_string())
         .stdin(Stdio::null())

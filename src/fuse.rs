@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
@@ -21,6 +21,7 @@ use crate::fs::attrs::Kind;
 use crate::fs::error::FsError;
 use crate::fs::namespace::{Caller, SetAttr};
 use crate::fs::{Entry, Fs};
+use crate::metrics::metrics;
 use crate::store::ObjectStore;
 
 /// How many entries to ask of the filesystem layer per readdir: as many as the kernel's reply
@@ -171,8 +172,18 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// An errno answered without asking the filesystem layer, counted for the metrics.
+fn refused(errno: Errno) -> Errno {
+    metrics().fuse_error(errno.code());
+    errno
+}
+
 fn errno(err: &FsError) -> Errno {
-    if matches!(err, FsError::Io(_) | FsError::AccessDenied(_)) {
+    metrics().fuse_error(err.errno());
+    if matches!(
+        err,
+        FsError::Io(_) | FsError::AccessDenied(_) | FsError::Archived(_)
+    ) {
         warn!("{err}");
     } else {
         debug!("{err}");
@@ -233,6 +244,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        metrics().fuse_op("lookup");
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.runtime.spawn(async move {
@@ -244,10 +256,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        metrics().fuse_op("forget");
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        metrics().fuse_op("getattr");
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.getattr(ino.0).await {
@@ -275,6 +289,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        metrics().fuse_op("setattr");
         let change = SetAttr {
             mode,
             uid,
@@ -316,6 +331,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        metrics().fuse_op("mknod");
         let fs = self.fs.clone();
         let (name, caller) = (name.to_owned(), caller(req));
         self.runtime.spawn(async move {
@@ -350,6 +366,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        metrics().fuse_op("mkdir");
         let fs = self.fs.clone();
         let (name, caller) = (name.to_owned(), caller(req));
         self.runtime.spawn(async move {
@@ -361,6 +378,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics().fuse_op("unlink");
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.runtime.spawn(async move {
@@ -372,6 +390,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics().fuse_op("rmdir");
         let fs = self.fs.clone();
         let name = name.to_owned();
         self.runtime.spawn(async move {
@@ -390,6 +409,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        metrics().fuse_op("symlink");
         let fs = self.fs.clone();
         let (name, target, caller) = (
             link_name.to_owned(),
@@ -405,6 +425,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        metrics().fuse_op("readlink");
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.readlink(ino.0).await {
@@ -424,10 +445,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        metrics().fuse_op("rename");
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
-            return reply.error(Errno::EINVAL);
+            return reply.error(refused(Errno::EINVAL));
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let fs = self.fs.clone();
@@ -451,15 +473,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        metrics().fuse_op("link");
         // An object has one key: S3 has no form for a second name of the same object. EPERM is
         // what link(2) returns on filesystems that do not support hard links.
         if self.fs.config().read_only {
-            return reply.error(Errno::EROFS);
+            return reply.error(refused(Errno::EROFS));
         }
-        reply.error(Errno::EPERM);
+        reply.error(refused(Errno::EPERM));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        metrics().fuse_op("open");
         let fs = self.fs.clone();
         let openers = self.openers.clone();
         let opener = process_of(req.pid());
@@ -487,6 +511,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        metrics().fuse_op("read");
         // Staged data is on local disk: answered here, without a hop to the runtime.
         if let Some(data) = self.fs.read_local(fh.0, offset, size) {
             reply.data(&data);
@@ -513,6 +538,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        metrics().fuse_op("write");
         let fs = self.fs.clone();
         let data = data.to_vec();
         self.runtime.spawn(async move {
@@ -531,6 +557,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        metrics().fuse_op("flush");
         // close(): returns only once S3 holds what was written, or with the error. A close by
         // another process sharing the descriptor while the opener still runs (a child after
         // fork, which closes inherited descriptors at exec) does not end the upload: the
@@ -567,6 +594,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        metrics().fuse_op("release");
         self.openers.lock().unwrap().remove(&fh.0);
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
@@ -583,6 +611,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        metrics().fuse_op("fsync");
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
             match fs.commit(fh.0).await {
@@ -593,6 +622,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        metrics().fuse_op("opendir");
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -607,6 +637,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        metrics().fuse_op("readdir");
         let fs = self.fs.clone();
         let batch = self.readdir_batch.clone();
         self.runtime.spawn(async move {
@@ -642,6 +673,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        metrics().fuse_op("readdirplus");
         let fs = self.fs.clone();
         let batch = self.readdirplus_batch.clone();
         self.runtime.spawn(async move {
@@ -694,11 +726,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        metrics().fuse_op("releasedir");
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        metrics().fuse_op("statfs");
         let s = self.fs.statfs();
         reply.statfs(
             s.blocks,
@@ -713,10 +747,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        metrics().fuse_op("access");
         // Permission bits are checked by the kernel (default_permissions); only writes are
         // refused here, and only on a read-only mount.
         if mask.contains(AccessFlags::W_OK) && self.fs.config().read_only {
-            reply.error(Errno::EROFS);
+            reply.error(refused(Errno::EROFS));
         } else {
             reply.ok();
         }
@@ -732,6 +767,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        metrics().fuse_op("create");
         let fs = self.fs.clone();
         let (name, caller) = (name.to_owned(), caller(req));
         let openers = self.openers.clone();
@@ -757,6 +793,34 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         });
     }
 
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        metrics().fuse_op("copy_file_range");
+        let fs = self.fs.clone();
+        // The reply counts bytes in 32 bits; the kernel asks for less than 2 GiB per call.
+        let len = len.min(u32::MAX as u64);
+        self.runtime.spawn(async move {
+            match fs
+                .copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+                .await
+            {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn fallocate(
         &self,
         _req: &Request,
@@ -767,9 +831,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        metrics().fuse_op("fallocate");
         if mode != 0 {
             // Punching holes and the like have no S3 form; glibc falls back by itself.
-            return reply.error(Errno::EOPNOTSUPP);
+            return reply.error(refused(Errno::EOPNOTSUPP));
         }
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
@@ -781,16 +846,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        metrics().fuse_op("getxattr");
         if !self.fs.config().user_xattrs {
             // Off (no --xattr): ENOSYS, so the kernel stops asking (`ls -l` asks every file for
             // its ACLs, a round trip each).
-            return reply.error(Errno::ENOSYS);
+            return reply.error(refused(Errno::ENOSYS));
         }
         let bytes = name.as_encoded_bytes();
         if !bytes.starts_with(b"user.") && !bytes.starts_with(b"bucketfs.") {
             // ACLs and security labels: none is kept; answered here, without a hop to the
             // runtime.
-            return reply.error(Errno::ENODATA);
+            return reply.error(refused(Errno::ENODATA));
         }
         let fs = self.fs.clone();
         let name = name.to_owned();
@@ -803,9 +869,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        metrics().fuse_op("listxattr");
         if !self.fs.config().user_xattrs {
             // ENOSYS: the kernel stops asking (ls -l lists attributes of every file).
-            return reply.error(Errno::ENOSYS);
+            return reply.error(refused(Errno::ENOSYS));
         }
         let fs = self.fs.clone();
         self.runtime.spawn(async move {
@@ -833,8 +900,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        metrics().fuse_op("setxattr");
         if !self.fs.config().user_xattrs {
-            return reply.error(Errno::ENOSYS);
+            return reply.error(refused(Errno::ENOSYS));
         }
         let fs = self.fs.clone();
         let (name, value) = (name.to_owned(), value.to_vec());
@@ -847,8 +915,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        metrics().fuse_op("removexattr");
         if !self.fs.config().user_xattrs {
-            return reply.error(Errno::ENOSYS);
+            return reply.error(refused(Errno::ENOSYS));
         }
         let fs = self.fs.clone();
         let name = name.to_owned();

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::daemon::Ready;
 use crate::fs::Fs;
 use crate::fuse::FuseAdapter;
+use crate::store::buckets::BucketsStore;
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, StoreError};
 
@@ -51,8 +52,11 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
     tune_allocator();
     // A daemonized mount has no terminal: it logs to a file under the state directory.
     let default_log = (!ready.is_terminal() && !cli.list_uploads).then(|| {
-        let name: String = cli
-            .bucket
+        let source = match cli.source_and_mountpoint().0 {
+            "s3://" => "all-buckets",
+            source => source,
+        };
+        let name: String = source
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -99,8 +103,29 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
         }
     };
     if cli.list_uploads {
-        return list_uploads(&runtime, &store, &config, &cli);
+        return match &store {
+            Connected::Bucket(store) => list_uploads(&runtime, store, &config, &cli),
+            Connected::Buckets(_) => {
+                ready.failure("--list-uploads needs a bucket");
+                1
+            }
+        };
     }
+    match store {
+        Connected::Bucket(store) => serve(store, &config, &cli, &runtime, ready, logs_to_file),
+        Connected::Buckets(store) => serve(store, &config, &cli, &runtime, ready, logs_to_file),
+    }
+}
+
+/// Mounts `store` and serves the mount until it ends; the exit status.
+fn serve<S: ObjectStore>(
+    store: S,
+    config: &Config,
+    cli: &Cli,
+    runtime: &tokio::runtime::Runtime,
+    ready: Ready,
+    logs_to_file: bool,
+) -> i32 {
     let scope = crate::uploads::journal_scope(
         &cli.state_dir(),
         config.s3.endpoint_url.as_deref(),
@@ -122,16 +147,26 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
     };
 
     let fs = Arc::new(Fs::new(Arc::new(store), config.fs.clone()).with_journal(journal));
+    if let Some(addr) = cli.metrics_addr {
+        let sampled = fs.clone();
+        match crate::metrics::serve(addr, Arc::new(move || sampled.usage())) {
+            Ok(bound) => info!("metrics at http://{bound}/metrics"),
+            Err(e) => {
+                let message = format!("cannot serve metrics on --metrics-addr {addr}: {e}");
+                report_failure(ready, logs_to_file, &message);
+                return 1;
+            }
+        }
+    }
     let adapter = FuseAdapter::new(fs.clone(), runtime.handle().clone());
     // Paths of open files, as /proc shows them, start with the canonical mountpoint.
     adapter.set_mountpoint(
         std::fs::canonicalize(&config.mountpoint).unwrap_or_else(|_| config.mountpoint.clone()),
     );
-    let mut session = match fuser::Session::new(adapter, &config.mountpoint, &fuse_config(&config))
-    {
+    let mut session = match fuser::Session::new(adapter, &config.mountpoint, &fuse_config(config)) {
         Ok(session) => session,
         Err(e) => {
-            let message = mount_error_message(&config, &e);
+            let message = mount_error_message(config, &e);
             report_failure(ready, logs_to_file, &message);
             return 1;
         }
@@ -164,7 +199,7 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
     if foreground {
         eprintln!(
             "bucketfs: {} mounted at {} (Ctrl-C or fusermount3 -u to unmount)",
-            config.target.bucket,
+            config.source,
             config.mountpoint.display()
         );
     }
@@ -178,17 +213,21 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
             _ = term.recv() => { info!("SIGTERM: storing open files, then unmounting"); true }
         }
     });
-    if !signalled {
-        return match session_thread.join() {
+    crate::notify::stopping(signalled);
+    let status = if signalled {
+        shutdown(runtime, &fs, config, unmounter, done_rx)
+    } else {
+        match session_thread.join() {
             Ok(Ok(())) => 0,
             Ok(Err(e)) => {
                 error!("FUSE session ended with an error: {e}");
                 1
             }
             Err(_) => 1,
-        };
-    }
-    shutdown(&runtime, &fs, &config, unmounter, done_rx)
+        }
+    };
+    info!("stats: {}", crate::metrics::metrics().summary());
+    status
 }
 
 /// How long a shutdown waits for open files to be stored.
@@ -293,15 +332,21 @@ fn report_failure(ready: Ready, to_log_file: bool, message: &str) {
     ready.failure(message);
 }
 
+/// The store a mount serves: one bucket, or every bucket as top-level directories.
+enum Connected {
+    Bucket(S3Store),
+    Buckets(BucketsStore),
+}
+
 /// Builds the store and checks what can be checked before mounting: credentials, then that
-/// the bucket is there and reachable.
-async fn connect(config: &mut Config) -> Result<S3Store, String> {
+/// the bucket is there and reachable (for every bucket: that buckets can be listed).
+async fn connect(config: &mut Config) -> Result<Connected, String> {
     if config.s3.region.is_empty() {
         config.s3.region = profile_region(config.s3.profile.as_deref())
             .await
             .unwrap_or_else(|| "us-east-1".to_string());
     }
-    let store = S3Store::new(&config.s3).await;
+    let store = S3Store::new(&config.s3).await?;
     let bucket = &config.target.bucket;
     let endpoint = config
         .s3
@@ -322,10 +367,28 @@ async fn connect(config: &mut Config) -> Result<S3Store, String> {
             Err(_) => return Err("timed out looking for AWS credentials".to_string()),
         }
     }
+    if bucket.is_empty() {
+        let store = BucketsStore::new(store);
+        let checked = tokio::time::timeout(CHECK_TIMEOUT, store.check_bucket()).await;
+        return match checked {
+            Ok(Ok(())) => Ok(Connected::Buckets(store)),
+            Ok(Err(StoreError::AccessDenied(detail))) => Err(format!(
+                "access denied listing the buckets at {endpoint}: a mount of every bucket \
+                 needs s3:ListAllMyBuckets ({detail})"
+            )),
+            Ok(Err(StoreError::Transient(detail))) => Err(tls_failure(&endpoint, &detail)
+                .unwrap_or_else(|| format!("cannot reach the S3 endpoint {endpoint}: {detail}"))),
+            Ok(Err(other)) => Err(format!("cannot list the buckets at {endpoint}: {other}")),
+            Err(_) => Err(format!(
+                "cannot reach the S3 endpoint {endpoint}: no answer within {}s",
+                CHECK_TIMEOUT.as_secs()
+            )),
+        };
+    }
     let checked = tokio::time::timeout(CHECK_TIMEOUT, store.check_bucket()).await;
     match checked {
-        Ok(Ok(())) => Ok(store),
-        Ok(Err(StoreError::NoSuchBucket)) => {
+        Ok(Ok(())) => Ok(Connected::Bucket(store)),
+        Ok(Err(StoreError::NoSuchBucket(_))) => {
             Err(format!("bucket '{bucket}' does not exist at {endpoint}"))
         }
         Ok(Err(StoreError::AccessDenied(detail))) => Err(format!(
@@ -333,7 +396,8 @@ async fn connect(config: &mut Config) -> Result<S3Store, String> {
              bucket policy ({detail})"
         )),
         Ok(Err(StoreError::Transient(detail))) | Ok(Err(StoreError::Throttled(detail))) => {
-            Err(format!("cannot reach the S3 endpoint {endpoint}: {detail}"))
+            Err(tls_failure(&endpoint, &detail)
+                .unwrap_or_else(|| format!("cannot reach the S3 endpoint {endpoint}: {detail}")))
         }
         Ok(Err(other)) => Err(format!(
             "cannot use bucket '{bucket}' at {endpoint}: {other}"
@@ -343,6 +407,25 @@ async fn connect(config: &mut Config) -> Result<S3Store, String> {
             CHECK_TIMEOUT.as_secs()
         )),
     }
+}
+
+/// A failed TLS handshake in `detail` (the SDK's error chain, as `DisplayErrorContext` shows
+/// it), said plainly: an untrusted certificate is no unreachable endpoint.
+fn tls_failure(endpoint: &str, detail: &str) -> Option<String> {
+    const HANDSHAKE: &str = "TLS handshake failed: ";
+    const CERTIFICATE: &str = "invalid peer certificate: ";
+    let reason = &detail[detail.find(HANDSHAKE)? + HANDSHAKE.len()..];
+    // Drop the debug form of the whole error that follows the readable chain.
+    let reason = reason.split(" (DispatchFailure(").next().unwrap_or(reason);
+    Some(match reason.strip_prefix(CERTIFICATE) {
+        Some(why) if why.starts_with("UnknownIssuer") => format!(
+            "the TLS certificate of the S3 endpoint {endpoint} is not trusted: no trusted CA \
+             issued it ({why}); pass the issuing CA's certificate with --ca-bundle FILE (or \
+             AWS_CA_BUNDLE)"
+        ),
+        Some(why) => format!("the TLS certificate of the S3 endpoint {endpoint} is refused: {why}"),
+        None => format!("TLS handshake with the S3 endpoint {endpoint} failed: {reason}"),
+    })
 }
 
 /// The region named in the AWS config files for the profile, without asking any network
@@ -383,7 +466,8 @@ fn tune_readahead(mountpoint: &std::path::Path) {
 
 fn fuse_config(config: &Config) -> fuser::Config {
     let mut options = vec![
-        MountOption::FSName(format!("bucketfs:{}", config.target.bucket)),
+        // The source as given (fstab's first field): mount -a then sees the line is mounted.
+        MountOption::FSName(config.source.clone()),
         MountOption::Subtype("bucketfs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,

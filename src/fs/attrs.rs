@@ -380,6 +380,7 @@ mod tests {
             content_type: None,
             storage_class: None,
             version_id: None,
+            restore: None,
         };
         let defaults = AttrDefaults::default();
         let link = Attributes::file(&object("41471"), &defaults); // 0120777
@@ -411,6 +412,7 @@ mod tests {
             content_type: None,
             storage_class: None,
             version_id: None,
+            restore: None,
         };
         let attrs = Attributes::file(&info, &AttrDefaults::default());
         assert_eq!(attrs.perm, 0o755);

@@ -44,6 +44,13 @@ pub enum FsError {
     /// No such extended attribute.
     #[error("no such attribute")]
     NoData,
+    /// The object is in an archive storage class and not restored: its bytes are offline.
+    #[error(
+        "{0}: the object is archived; restore it first (setfattr -n bucketfs.restore -v DAYS \
+         FILE on a mount with --xattr, or aws s3api restore-object), then read it once the \
+         restore is done (getfattr -n bucketfs.restore FILE)"
+    )]
+    Archived(String),
     /// More user metadata than S3 keeps (2 KiB).
     #[error("argument list too long")]
     TooBig,
@@ -78,6 +85,9 @@ impl FsError {
             FsError::FileTooLarge => libc::EFBIG,
             FsError::NoSpace => libc::ENOSPC,
             FsError::NoData => libc::ENODATA,
+            // "No data available": the bytes exist but are offline until restored. Not EIO
+            // (nothing failed, retrying will not help) nor EACCES (no permission is missing).
+            FsError::Archived(_) => libc::ENODATA,
             FsError::TooBig => libc::E2BIG,
             FsError::PermissionDenied => libc::EPERM,
             FsError::Io(_) => libc::EIO,
@@ -91,6 +101,10 @@ impl From<StoreError> for FsError {
             StoreError::NotFound => FsError::NotFound,
             StoreError::PreconditionFailed => FsError::Stale,
             StoreError::AccessDenied(m) => FsError::AccessDenied(m),
+            StoreError::Archived(m) => FsError::Archived(m),
+            StoreError::BucketExists(_) => FsError::Exists,
+            StoreError::InvalidBucketName(_) => FsError::Invalid,
+            StoreError::BucketNotEmpty(_) => FsError::NotEmpty,
             // A vanished bucket, throttling that outlived the retries, network failures and
             // malformed requests all mean the operation could not be done: EIO, with the cause
             // in the log.
@@ -111,7 +125,10 @@ mod tests {
             (StoreError::AccessDenied("x".into()), libc::EACCES),
             (StoreError::Throttled("x".into()), libc::EIO),
             (StoreError::Transient("x".into()), libc::EIO),
-            (StoreError::NoSuchBucket, libc::EIO),
+            (StoreError::NoSuchBucket("x".into()), libc::EIO),
+            (StoreError::BucketExists("x".into()), libc::EEXIST),
+            (StoreError::InvalidBucketName("x".into()), libc::EINVAL),
+            (StoreError::BucketNotEmpty("x".into()), libc::ENOTEMPTY),
             (StoreError::InvalidRequest("x".into()), libc::EIO),
         ];
         for (store_error, errno) in cases {

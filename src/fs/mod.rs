@@ -29,6 +29,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+use crate::metrics::{metrics, Cache};
 use crate::store::{ObjectInfo, ObjectStore, PutOptions, StoreError};
 use attrs::{AttrDefaults, Attributes, Kind};
 use cache::{BlockCache, DirSnapshots, NegativeCache, SnapshotAnswer, SNAPSHOT_MAX_NAMES};
@@ -82,6 +83,9 @@ pub struct FsConfig {
     /// FUSE adapter answers ENOSYS and the kernel stops asking: `ls -l` asks every file for its
     /// ACLs, which would cost a round trip per file (and listing `user.*` a HEAD).
     pub user_xattrs: bool,
+    /// A mount of every bucket (see `store::buckets`): the root holds only buckets, so files,
+    /// symlinks and renames there are EPERM; mkdir and rmdir there create and delete buckets.
+    pub buckets_at_root: bool,
 }
 
 impl Default for FsConfig {
@@ -102,6 +106,7 @@ impl Default for FsConfig {
             bucket_name: "bucket".to_string(),
             presign_expiry: Duration::from_secs(3600),
             user_xattrs: false,
+            buckets_at_root: false,
         }
     }
 }
@@ -303,6 +308,7 @@ impl<S: ObjectStore> Fs<S> {
             let mut inodes = self.inodes.lock().unwrap();
             if let Some(child) = inodes.child(parent, name) {
                 if child.expires > Instant::now() || child.has_writer() || child.is_pending() {
+                    metrics().cache_lookup(Cache::Metadata, true);
                     let entry = Entry {
                         ino: child.ino,
                         attrs: child.attrs.clone(),
@@ -315,6 +321,7 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         if self.negative.contains(parent, name) {
+            metrics().cache_lookup(Cache::Metadata, true);
             return Err(FsError::NotFound);
         }
         let key = child_key(&parent_key, name)?;
@@ -328,9 +335,11 @@ impl<S: ObjectStore> Fs<S> {
             answer = self.snapshots.answer(parent, name);
         }
         if answer == SnapshotAnswer::Absent {
+            metrics().cache_lookup(Cache::Metadata, true);
             self.negative.insert(parent, name);
             return Err(FsError::NotFound);
         }
+        metrics().cache_lookup(Cache::Metadata, false);
         let found = self.probe(&key).await;
         let mut inodes = self.inodes.lock().unwrap();
         match found {
@@ -435,6 +444,7 @@ impl<S: ObjectStore> Fs<S> {
         };
         // Directories have no object of their own to ask about; their listing is fresh at
         // each opendir.
+        metrics().cache_lookup(Cache::Metadata, fresh || attrs.kind == Kind::Dir);
         if fresh || attrs.kind == Kind::Dir {
             return Ok(Entry { ino, attrs });
         }
@@ -695,6 +705,29 @@ impl<S: ObjectStore> Fs<S> {
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// Memory, disk and uploads in use now, for the metrics.
+    pub fn usage(&self) -> crate::metrics::Usage {
+        let taken = |semaphore: &Semaphore, size: u64| {
+            size.saturating_sub(semaphore.available_permits() as u64)
+        };
+        let config = &self.config;
+        let memory_in_use = taken(&self.read_ctx.budget, config.buffer_bytes())
+            + taken(&self.read_ctx.readahead, config.readahead_bytes())
+            + self.read_ctx.cache.bytes() as u64;
+        crate::metrics::Usage {
+            memory_budget_bytes: config.max_memory,
+            memory_in_use_bytes: memory_in_use,
+            disk_limit_bytes: config.disk_cache.as_ref().map_or(0, |d| d.max_bytes),
+            disk_in_use_bytes: self
+                .read_ctx
+                .disk
+                .as_ref()
+                .map_or(0, |d| d.reserved_bytes()),
+            uploads_in_flight: self.journal.as_ref().map_or(0, |j| j.in_flight() as u64),
+            open_files: self.files.lock().unwrap().len() as u64,
+        }
     }
 
     pub fn statfs(&self) -> FsStats {

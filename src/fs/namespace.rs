@@ -136,6 +136,15 @@ impl SetAttr {
 }
 
 impl<S: ObjectStore> Fs<S> {
+    /// Only directories (buckets) may be made at the root of a mount of every bucket.
+    pub(super) fn check_not_bucket_level(&self, parent: u64) -> FsResult<()> {
+        if self.config.buckets_at_root && parent == super::inode::ROOT_INO {
+            debug!("only buckets (directories) live at the top of a mount of every bucket");
+            return Err(FsError::PermissionDenied);
+        }
+        Ok(())
+    }
+
     pub(super) fn check_writable(&self) -> FsResult<()> {
         if self.config.read_only || self.is_shutting_down() {
             Err(FsError::ReadOnly)
@@ -236,6 +245,7 @@ impl<S: ObjectStore> Fs<S> {
         caller: Caller,
     ) -> FsResult<(Entry, u64)> {
         self.check_writable()?;
+        self.check_not_bucket_level(parent)?;
         let name = validate_component(name)?;
         let parent_key = self.dir_key(parent)?;
         let key = child_key(&parent_key, name)?;
@@ -490,6 +500,12 @@ impl<S: ObjectStore> Fs<S> {
         };
         let size = guard.size();
         drop(guard);
+        self.note_written(ino, size);
+        Ok(written)
+    }
+
+    /// The file's content changed to `size` bytes: new size, mtime and ctime.
+    fn note_written(&self, ino: u64, size: u64) {
         let mut inodes = self.inodes.lock().unwrap();
         if let Some(inode) = inodes.get(ino) {
             let now = SystemTime::now();
@@ -502,7 +518,52 @@ impl<S: ObjectStore> Fs<S> {
             let expires = inode.expires;
             inodes.set_attrs(ino, attrs, expires);
         }
-        Ok(written)
+    }
+
+    /// copy_file_range: the bytes of `fh_in` from `offset` on become those of `fh_out`, copied
+    /// server-side at the commit (CopyObject, or UploadPartCopy for parts of a composed
+    /// object), pinned to the version `fh_in` reads. Only the copy `cp` makes is taken: from
+    /// the same offset into a file with nothing else written (see `FileWriter::clone_range`);
+    /// anything else is `NotSupported`, and the kernel then copies through read and write.
+    pub async fn copy_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        if offset_in != offset_out || fh_in == fh_out {
+            return Err(FsError::NotSupported);
+        }
+        let (_, source) = self.handle(fh_in)?;
+        // One file lock at a time (lock hierarchy, level 1): the source's is released here.
+        let source = match source {
+            FileHandle::Read(reader) => reader.lock().await.object(),
+            FileHandle::Write(writer) => {
+                let writer = writer.lock().await;
+                if writer.is_dirty() {
+                    return Err(FsError::NotSupported);
+                }
+                writer
+                    .base()
+                    .filter(|base| base.size == writer.size())
+                    .cloned()
+                    .ok_or(FsError::NotSupported)?
+            }
+        };
+        let (ino, handle) = self.handle(fh_out)?;
+        let FileHandle::Write(writer) = handle else {
+            return Err(FsError::BadHandle);
+        };
+        let mut guard = writer.lock().await;
+        let copied = guard.clone_range(source, offset_out, len)?;
+        let size = guard.size();
+        drop(guard);
+        if copied > 0 {
+            self.note_written(ino, size);
+        }
+        Ok(copied)
     }
 
     /// The handle was opened for reading too (O_RDWR): its writer keeps what it writes on
@@ -1120,6 +1181,8 @@ impl<S: ObjectStore> Fs<S> {
         no_replace: bool,
     ) -> FsResult<()> {
         self.check_writable()?;
+        self.check_not_bucket_level(parent)?;
+        self.check_not_bucket_level(new_parent)?;
         let name_str = validate_component(name)?.to_string();
         let new_name_str = validate_component(new_name)?.to_string();
         let source = self.resolve(parent, name).await?;

@@ -98,6 +98,37 @@ impl PatchFile {
         })
     }
 
+    /// A file whose content so far is the first `len` bytes of `source` (copy_file_range):
+    /// nothing is read or written here; the commit copies them server-side.
+    pub fn clone_of(disk: Arc<DiskCache>, source: Base, len: u64) -> FsResult<Self> {
+        let mut patch = Self::new(disk, Some(source))?;
+        patch.truncate(len);
+        Ok(patch)
+    }
+
+    /// Extends a clone by the next bytes of its base, up to `end`: only while the file ends
+    /// exactly where the base's bytes still in it end (a copy continued where it stopped).
+    pub fn extend_clone(&mut self, end: u64) -> bool {
+        let Some(base) = &self.base else {
+            return false;
+        };
+        if self.size != self.valid_base || end > base.size || end < self.size {
+            return false;
+        }
+        self.valid_base = end;
+        self.size = end;
+        true
+    }
+
+    /// True when the content is exactly the whole base, untouched: a server-side copy of it.
+    pub fn is_whole_base(&self) -> bool {
+        self.dirty.is_empty()
+            && self
+                .base
+                .as_ref()
+                .is_some_and(|b| self.size == b.size && self.valid_base == b.size)
+    }
+
     pub fn size(&self) -> u64 {
         self.size
     }

@@ -16,6 +16,7 @@ use tracing::debug;
 use super::cache::{BlockCache, BlockId};
 use super::disk_cache::{DiskCache, StagedObject};
 use super::error::{FsError, FsResult};
+use crate::metrics::{metrics, Cache};
 use crate::store::{ObjectStore, StoreResult};
 
 /// Read tuning, from the command line.
@@ -169,6 +170,15 @@ impl<S: ObjectStore> FileReader<S> {
         self.size
     }
 
+    /// The object version this handle reads (the source of a server-side copy).
+    pub fn object(&self) -> super::patch::Base {
+        super::patch::Base {
+            key: self.key.clone(),
+            etag: self.etag.clone(),
+            size: self.size,
+        }
+    }
+
     /// Current prefetch window (for tests and logs).
     pub fn window(&self) -> u64 {
         self.window
@@ -253,6 +263,7 @@ impl<S: ObjectStore> FileReader<S> {
         }
         match staged.read(offset..end)? {
             Ok(bytes) => {
+                metrics().cache_lookup(Cache::Staged, true);
                 if staged.is_complete() {
                     self.parts.clear(); // nothing left to stream from S3
                 }
@@ -273,6 +284,7 @@ impl<S: ObjectStore> FileReader<S> {
         let (Some(disk), Some(etag)) = (&self.ctx.disk, &self.etag) else {
             return;
         };
+        metrics().cache_lookup(Cache::Staged, false);
         self.staged = disk.stage(
             self.ctx.store.clone(),
             self.ctx.budget.clone(),
@@ -441,7 +453,10 @@ impl<S: ObjectStore> FileReader<S> {
     }
 
     fn cached_block(&self, index: u64) -> Option<Bytes> {
-        self.block_id(index).and_then(|id| self.ctx.cache.get(&id))
+        let id = self.block_id(index)?;
+        let block = self.ctx.cache.get(&id);
+        metrics().cache_lookup(Cache::Blocks, block.is_some());
+        block
     }
 
     fn cache_block(&self, index: u64, data: Bytes) {

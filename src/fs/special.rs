@@ -86,6 +86,7 @@ impl<S: ObjectStore> Fs<S> {
         body: Bytes,
     ) -> FsResult<Entry> {
         self.check_writable()?;
+        self.check_not_bucket_level(parent)?;
         let name_str = validate_component(name)?;
         let parent_key = self.dir_key(parent)?;
         let key = child_key(&parent_key, name_str)?;

@@ -1132,5 +1132,7 @@ async fn a_file_renamed_away_and_back_while_uploading_lands_under_its_name() {
     assert_eq!(store.inner().open_uploads(), 0);
 }
 
+mod archive;
+mod copy_range;
 mod posix;
 mod review;

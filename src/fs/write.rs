@@ -465,6 +465,54 @@ impl<S: ObjectStore> FileWriter<S> {
         Ok(())
     }
 
+    /// copy_file_range into this file: its bytes from `offset` on become the bytes of `source`
+    /// from the same offset, without reading them (the commit copies them server-side).
+    /// Returns how many bytes were taken, or `NotSupported` when the copy is not one this can
+    /// do (the kernel then copies through read and write): the file must be new or truncated
+    /// with nothing written yet (offset 0), or a clone of the same version of `source` that
+    /// ends at `offset` (the next call of a copy done in chunks).
+    pub fn clone_range(&mut self, source: Base, offset: u64, len: u64) -> FsResult<u64> {
+        match &self.state {
+            State::Failed(e) => return Err(e.clone()),
+            State::Superseded => return Err(FsError::Busy),
+            State::Open => {}
+            _ if self.size == 0 && self.base.is_none() => {}
+            _ => return Err(FsError::NotSupported),
+        }
+        if source.etag.is_none() {
+            return Err(FsError::NotSupported);
+        }
+        let end = offset.saturating_add(len).min(source.size);
+        if offset >= source.size {
+            return Ok(0);
+        }
+        if let Some(patch) = &mut self.patch {
+            let same_source = patch
+                .base()
+                .is_some_and(|b| b.key == source.key && b.etag == source.etag);
+            if !same_source || offset != self.size || !patch.extend_clone(end) {
+                return Err(FsError::NotSupported);
+            }
+        } else {
+            let fresh = offset == 0 && self.size == 0 && self.upload.is_none();
+            if !fresh || !self.buffer.as_slice().is_empty() {
+                return Err(FsError::NotSupported);
+            }
+            let Some(disk) = self.disk.clone() else {
+                return Err(FsError::NotSupported);
+            };
+            self.patch = Some(PatchFile::clone_of(disk, source, end)?);
+            self.buffer_permit = None;
+            self.part_budgeted = false;
+        }
+        self.closed = false;
+        self.size = end;
+        if self.state != State::Orphaned {
+            self.state = State::Open;
+        }
+        Ok(end - offset)
+    }
+
     /// Sets the file's size (truncate/ftruncate, posix_fallocate): growing reads back zeros.
     pub async fn truncate_to(&mut self, size: u64) -> FsResult<()> {
         if size == 0 {
@@ -785,6 +833,17 @@ impl<S: ObjectStore> FileWriter<S> {
     async fn finish_patch(&mut self) -> FsResult<Option<String>> {
         let patch = self.patch.as_ref().expect("called with a patch");
         let size = patch.size();
+        if patch.is_whole_base() && size <= super::copy::MAX_COPY_OBJECT {
+            // A copy of a whole object (copy_file_range): one CopyObject, pinned to the
+            // version the copy started from.
+            let base = patch.base().expect("a whole base");
+            let etag = base.etag.as_deref().expect("clones are pinned");
+            return self
+                .store
+                .copy_if_match(&base.key, &self.key, &self.opts, true, etag)
+                .await
+                .map_err(base_error);
+        }
         let single_part = self.base_part_size.max(MIN_PART_SIZE);
         if size <= single_part {
             let _permit = hold_budget(&self.budget, size as usize, self.budget_total).await;

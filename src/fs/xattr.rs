@@ -151,6 +151,9 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<Entry> {
         self.check_writable()?;
         let name = std::str::from_utf8(name.as_bytes()).map_err(|_| FsError::Invalid)?;
+        if name == RESTORE_ATTRIBUTE {
+            return self.request_restore(ino, value).await;
+        }
         if name.starts_with(VIRTUAL_PREFIX) {
             return Err(FsError::PermissionDenied);
         }
@@ -280,6 +283,37 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    /// `setfattr -n bucketfs.restore -v "DAYS [TIER]"`: asks S3 to restore an archived object
+    /// for DAYS days (TIER: standard, bulk or expedited). Asking again while a restore runs
+    /// is fine; an object that is not archived is EINVAL.
+    async fn request_restore(&self, ino: u64, value: &[u8]) -> FsResult<Entry> {
+        let (days, tier) = parse_restore_request(value)?;
+        let key = self.object_key(ino)?;
+        let info = self.store.head(&key).await?;
+        if !is_archive_class(info.storage_class.as_deref()) {
+            tracing::info!(
+                key,
+                class = info.storage_class.as_deref().unwrap_or("STANDARD"),
+                "restore refused: the object is not archived"
+            );
+            return Err(FsError::Invalid);
+        }
+        match self.store.restore(&key, days, tier).await {
+            Ok(()) => {}
+            // S3 answers 409 RestoreAlreadyInProgress to a second request: what was asked for
+            // is happening.
+            Err(StoreError::InvalidRequest(m)) if m.contains("RestoreAlreadyInProgress") => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(
+            key,
+            days,
+            tier = tier.unwrap_or("default"),
+            "restore requested"
+        );
+        self.getattr(ino).await
+    }
+
     /// `bucketfs.FIELD`: what S3 says about the object.
     async fn virtual_attribute(&self, ino: u64, field: &str) -> FsResult<Vec<u8>> {
         let key = self.object_key(ino)?;
@@ -291,6 +325,8 @@ impl<S: ObjectStore> Fs<S> {
             }
         };
         let text = match field {
+            // A mount of every bucket has the bucket as the key's first component.
+            "uri" if self.config.bucket_name.is_empty() => format!("s3://{key}"),
             "uri" => format!("s3://{}/{key}", self.config.bucket_name),
             "etag" => info().await?.etag.ok_or(FsError::NoData)?,
             "storage_class" => info()
@@ -299,6 +335,7 @@ impl<S: ObjectStore> Fs<S> {
                 .unwrap_or_else(|| "STANDARD".to_string()),
             "content_type" => info().await?.content_type.ok_or(FsError::NoData)?,
             "version_id" => info().await?.version_id.ok_or(FsError::NoData)?,
+            "restore" => restore_status(&info().await?),
             "presigned_url" => {
                 info().await?;
                 self.store
@@ -308,6 +345,58 @@ impl<S: ObjectStore> Fs<S> {
             _ => return Err(FsError::NoData),
         };
         Ok(text.into_bytes())
+    }
+}
+
+/// The name that requests a restore (set) and tells its progress (get).
+const RESTORE_ATTRIBUTE: &str = "bucketfs.restore";
+
+/// Storage classes whose bytes are offline until restored.
+fn is_archive_class(class: Option<&str>) -> bool {
+    matches!(class, Some("GLACIER" | "DEEP_ARCHIVE"))
+}
+
+/// "DAYS" or "DAYS TIER" (a comma also separates); days 1 to 36,500.
+fn parse_restore_request(value: &[u8]) -> FsResult<(u32, Option<&'static str>)> {
+    let text = std::str::from_utf8(value).map_err(|_| FsError::Invalid)?;
+    let mut words = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty());
+    let days: u32 = words
+        .next()
+        .and_then(|d| d.parse().ok())
+        .filter(|d| (1..=36_500).contains(d))
+        .ok_or(FsError::Invalid)?;
+    let tier = match words.next().map(str::to_ascii_lowercase).as_deref() {
+        None => None,
+        Some("standard") => Some("Standard"),
+        Some("bulk") => Some("Bulk"),
+        Some("expedited") => Some("Expedited"),
+        Some(_) => return Err(FsError::Invalid),
+    };
+    if words.next().is_some() {
+        return Err(FsError::Invalid);
+    }
+    Ok((days, tier))
+}
+
+/// `bucketfs.restore` read back: `not archived`, `archived` (no restore asked),
+/// `in progress`, or `restored until DATE`.
+fn restore_status(info: &crate::store::ObjectInfo) -> String {
+    match info.restore.as_deref() {
+        Some(r) if r.contains("ongoing-request=\"true\"") => "in progress".to_string(),
+        Some(r) => {
+            let expiry = r
+                .split("expiry-date=")
+                .nth(1)
+                .map(|d| d.trim().trim_matches('"'));
+            match expiry {
+                Some(date) => format!("restored until {date}"),
+                None => "restored".to_string(),
+            }
+        }
+        None if is_archive_class(info.storage_class.as_deref()) => "archived".to_string(),
+        None => "not archived".to_string(),
     }
 }
 

@@ -270,6 +270,10 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.inner.list_uploads(prefix).await
     }
 
+    async fn restore(&self, key: &str, days: u32, tier: Option<&str>) -> StoreResult<()> {
+        self.inner.restore(key, days, tier).await
+    }
+
     async fn presign_get(&self, key: &str, expires: Duration) -> StoreResult<String> {
         self.inner.presign_get(key, expires).await
     }

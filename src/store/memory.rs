@@ -72,6 +72,24 @@ impl MemoryStore {
             .map(|o| o.info.clone())
     }
 
+    /// Test helper: moves `key` to an archive storage class (its bytes readable only once
+    /// restored, as in S3).
+    pub fn archive(&self, key: &str, class: &str) {
+        if let Some(object) = self.objects.lock().unwrap().get_mut(key) {
+            object.info.storage_class = Some(class.to_string());
+            object.info.restore = None;
+        }
+    }
+
+    /// Test helper: the restore asked for `key` is done; the copy is readable.
+    pub fn finish_restore(&self, key: &str) {
+        if let Some(object) = self.objects.lock().unwrap().get_mut(key) {
+            object.info.restore = Some(
+                "ongoing-request=\"false\", expiry-date=\"Fri, 01 Jan 2100 00:00:00 GMT\"".into(),
+            );
+        }
+    }
+
     fn next_id(&self) -> u64 {
         let mut counter = self.etag_counter.lock().unwrap();
         *counter += 1;
@@ -94,6 +112,7 @@ impl MemoryStore {
             content_type: opts.content_type.clone(),
             storage_class: opts.storage_class.clone(),
             version_id: None,
+            restore: None,
         };
         self.objects
             .lock()
@@ -200,6 +219,20 @@ impl ObjectStore for MemoryStore {
             if object.info.etag.as_deref() != Some(expected) {
                 return Err(StoreError::PreconditionFailed);
             }
+        }
+        let archived = matches!(
+            object.info.storage_class.as_deref(),
+            Some("GLACIER" | "DEEP_ARCHIVE")
+        );
+        let restored = object
+            .info
+            .restore
+            .as_deref()
+            .is_some_and(|r| r.contains("ongoing-request=\"false\""));
+        if archived && !restored {
+            return Err(StoreError::Archived(format!(
+                "{key}: InvalidObjectState (HTTP 403)"
+            )));
         }
         let len = object.data.len() as u64;
         let start = range.start.min(len) as usize;
@@ -311,6 +344,23 @@ impl ObjectStore for MemoryStore {
             .collect();
         found.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
         Ok(found)
+    }
+
+    async fn restore(&self, key: &str, _days: u32, _tier: Option<&str>) -> StoreResult<()> {
+        let mut objects = self.objects.lock().unwrap();
+        let object = objects.get_mut(key).ok_or(StoreError::NotFound)?;
+        if !matches!(
+            object.info.storage_class.as_deref(),
+            Some("GLACIER" | "DEEP_ARCHIVE")
+        ) {
+            return Err(StoreError::InvalidRequest(format!(
+                "{key}: InvalidObjectState (HTTP 403): not an archived object"
+            )));
+        }
+        if object.info.restore.is_none() {
+            object.info.restore = Some("ongoing-request=\"true\"".into());
+        }
+        Ok(())
     }
 
     async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {

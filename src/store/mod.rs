@@ -3,9 +3,11 @@
 //! The filesystem (`crate::fs`) is generic over [`ObjectStore`], so its semantics are tested
 //! against [`memory::MemoryStore`] and run unchanged on [`s3::S3Store`].
 
+pub mod buckets;
 pub mod buffers;
 pub mod faulty;
 pub mod memory;
+pub mod observe;
 pub mod s3;
 
 use std::collections::HashMap;
@@ -21,8 +23,17 @@ use bytes::Bytes;
 pub enum StoreError {
     #[error("no such key")]
     NotFound,
-    #[error("no such bucket")]
-    NoSuchBucket,
+    #[error("no such bucket: {0}")]
+    NoSuchBucket(String),
+    /// CreateBucket of a name that is taken (by us or by anyone: names are global on AWS).
+    #[error("bucket exists: {0}")]
+    BucketExists(String),
+    /// A bucket name S3 does not accept (mkdir at the top of a mount of every bucket).
+    #[error("invalid bucket name: {0}")]
+    InvalidBucketName(String),
+    /// DeleteBucket of a bucket that still holds objects.
+    #[error("bucket not empty: {0}")]
+    BucketNotEmpty(String),
     #[error("access denied: {0}")]
     AccessDenied(String),
     /// An `If-Match` condition failed: the object changed under us.
@@ -36,6 +47,10 @@ pub enum StoreError {
     /// The server refused the request as malformed (for example a key it cannot store).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The object's storage class keeps its bytes offline (GLACIER, DEEP_ARCHIVE, some
+    /// tiers of INTELLIGENT_TIERING): S3 answers InvalidObjectState until it is restored.
+    #[error("archived: {0}")]
+    Archived(String),
     #[error("{0}")]
     Other(String),
 }
@@ -56,6 +71,9 @@ pub struct ObjectInfo {
     pub storage_class: Option<String>,
     /// Only from `head`, on versioned buckets.
     pub version_id: Option<String>,
+    /// Only from `head`: the `x-amz-restore` header of an archived object whose restore was
+    /// asked for (`ongoing-request="true"`, or `"false"` with the copy's expiry date).
+    pub restore: Option<String>,
 }
 
 /// One page of a delimited listing, in the store's key order.
@@ -189,6 +207,16 @@ pub trait ObjectStore: Send + Sync + 'static {
             return Err(StoreError::PreconditionFailed);
         }
         self.copy(source, dest, opts, replace_metadata).await
+    }
+
+    /// Asks S3 to restore an archived object for `days` days (RestoreObject), at `tier`
+    /// (Standard, Bulk, Expedited; the store's default when None). Its progress shows in
+    /// `ObjectInfo::restore`.
+    async fn restore(&self, key: &str, days: u32, tier: Option<&str>) -> StoreResult<()> {
+        let _ = (key, days, tier);
+        Err(StoreError::InvalidRequest(
+            "this store cannot restore archived objects".to_string(),
+        ))
     }
 
     /// A presigned GET URL of `key`, valid for `expires`: anyone holding it can download the

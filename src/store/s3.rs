@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,12 +18,15 @@ use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecks
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, ByteStreamError};
 use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls::TrustStore;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, EncodingType, MetadataDirective, ObjectCannedAcl,
-    ServerSideEncryption, StorageClass,
+    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
+    EncodingType, GlacierJobParameters, MetadataDirective, ObjectCannedAcl, RestoreRequest,
+    ServerSideEncryption, StorageClass, Tier,
 };
 
 use super::buffers::{BufferPool, POOLED_MIN};
@@ -79,6 +83,8 @@ pub struct S3Settings {
     pub region: String,
     pub endpoint_url: Option<String>,
     pub force_path_style: bool,
+    /// PEM file of CA certificates trusted besides the system's (--ca-bundle, AWS_CA_BUNDLE).
+    pub ca_bundle: Option<PathBuf>,
     pub profile: Option<String>,
     pub no_sign_request: bool,
     /// (access key, secret key, session token) from S3_ACCESS_KEY/S3_SECRET_KEY.
@@ -96,6 +102,7 @@ impl std::fmt::Debug for S3Settings {
             .field("region", &self.region)
             .field("endpoint_url", &self.endpoint_url)
             .field("force_path_style", &self.force_path_style)
+            .field("ca_bundle", &self.ca_bundle)
             .field("profile", &self.profile)
             .field("no_sign_request", &self.no_sign_request)
             .field("static_credentials", &self.static_credentials.is_some())
@@ -112,10 +119,76 @@ pub struct S3Store {
     buffers: Arc<BufferPool>,
 }
 
+/// Reads a PEM bundle of CA certificates into a trust store of the system's roots plus these.
+/// Each certificate is checked here as rustls will check it: the SDK's client only parses the
+/// bundle at its first connection, and panics on a certificate it cannot use.
+fn read_ca_bundle(path: &Path) -> Result<TrustStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| {
+        format!("cannot read the CA bundle {shown} (--ca-bundle or AWS_CA_BUNDLE): {e}")
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| {
+            format!(
+                "CA bundle {shown}: certificate {} is not valid PEM: {e}",
+                i + 1
+            )
+        })?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "CA bundle {shown}: certificate {} cannot be used as a CA: {e}",
+                i + 1
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "CA bundle {shown} holds no certificate (expected PEM blocks starting with \
+             -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    tracing::debug!(path = %shown, certificates = roots.len(), "CA bundle loaded");
+    Ok(TrustStore::default().with_pem_certificate(pem))
+}
+
+/// The SDK's default HTTPS client (rustls with aws-lc, proxy settings from the environment),
+/// built the way aws-smithy-runtime builds it but trusting `trust_store`.
+fn https_client(trust_store: TrustStore) -> Result<SharedHttpClient, String> {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext};
+    let context = TlsContext::builder()
+        .with_trust_store(trust_store)
+        .build()
+        .map_err(|e| format!("cannot set up TLS: {}", DisplayErrorContext(e)))?;
+    Ok(
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            move |settings, components| {
+                let mut builder = aws_smithy_http_client::ConnectorBuilder::default()
+                    .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                    .tls_context(context.clone());
+                builder.set_connector_settings(settings.cloned());
+                if let Some(components) = components {
+                    builder.set_sleep_impl(components.sleep_impl());
+                }
+                builder.set_proxy_config(Some(ProxyConfig::from_env()));
+                builder.build()
+            },
+        ),
+    )
+}
+
 impl S3Store {
-    pub async fn new(settings: &S3Settings) -> Self {
+    /// Builds the client; fails (before any request) only on an unusable `ca_bundle`.
+    pub async fn new(settings: &S3Settings) -> Result<Self, String> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()));
+        if let Some(path) = &settings.ca_bundle {
+            // The credential providers (STS, SSO) use this client too.
+            loader = loader.http_client(https_client(read_ca_bundle(path)?)?);
+        }
         if let Some(profile) = &settings.profile {
             loader = loader.profile_name(profile);
         }
@@ -147,14 +220,15 @@ impl S3Store {
             // or mishandle the newer default trailing checksums.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .interceptor(super::observe::RequestObserver)
             .build();
-        Self {
+        Ok(Self {
             client: Client::from_conf(config),
             bucket: settings.bucket.clone(),
             permits: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             sdk_config,
             buffers: BufferPool::new(settings.receive_pool_bytes),
-        }
+        })
     }
 
     /// Resolves credentials once, so that a missing or broken credential chain is reported
@@ -189,20 +263,30 @@ impl S3Store {
 }
 
 /// Maps an SDK error to its kind, by HTTP status first (HEAD responses carry no error code).
-fn classify<E>(err: SdkError<E, aws_smithy_runtime_api::http::Response>) -> StoreError
+/// The store's error for a failed request about `key` (an object key, a prefix or the
+/// bucket). Its message names the key, the S3 error code and the HTTP status, so the log line
+/// of a failure says which file and why.
+fn classify<E>(err: SdkError<E, aws_smithy_runtime_api::http::Response>, key: &str) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
     let code = err.code().unwrap_or("").to_string();
-    let message = match err.message() {
-        Some(m) => format!("{code}: {m}"),
-        None if !code.is_empty() => code.clone(),
-        None => DisplayErrorContext(&err).to_string(),
+    let detail = match (err.message(), status) {
+        (Some(m), Some(s)) => format!("{code} (HTTP {s}): {m}"),
+        (Some(m), None) => format!("{code}: {m}"),
+        (None, Some(s)) if !code.is_empty() => format!("{code} (HTTP {s})"),
+        (None, Some(s)) => format!("HTTP {s}"),
+        (None, None) => DisplayErrorContext(&err).to_string(),
     };
+    let message = format!("{key}: {detail}");
     match (status, code.as_str()) {
-        (_, "NoSuchBucket") => StoreError::NoSuchBucket,
+        (_, "NoSuchBucket") => StoreError::NoSuchBucket(message),
+        (_, "BucketAlreadyExists" | "BucketAlreadyOwnedByYou") => StoreError::BucketExists(message),
+        (_, "BucketNotEmpty") => StoreError::BucketNotEmpty(message),
+        (_, "InvalidBucketName") => StoreError::InvalidBucketName(message),
         (_, "NoSuchKey") | (Some(404), _) => StoreError::NotFound,
+        (_, "InvalidObjectState") => StoreError::Archived(message),
         (_, "AccessDenied") | (Some(403), _) => StoreError::AccessDenied(message),
         (_, "PreconditionFailed") | (Some(412), _) => StoreError::PreconditionFailed,
         (_, "SlowDown") | (_, "Throttling") | (Some(429), _) => StoreError::Throttled(message),
@@ -230,8 +314,8 @@ impl ObjectStore for S3Store {
         let _permit = self.connection().await;
         match self.client.head_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
-            Err(e) => Err(match classify(e) {
-                StoreError::NotFound => StoreError::NoSuchBucket,
+            Err(e) => Err(match classify(e, &self.bucket) {
+                StoreError::NotFound => StoreError::NoSuchBucket(self.bucket.clone()),
                 other => other,
             }),
         }
@@ -246,7 +330,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, key))?;
         Ok(ObjectInfo {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -256,6 +340,7 @@ impl ObjectStore for S3Store {
             content_type: out.content_type().map(str::to_string),
             storage_class: out.storage_class().map(|c| c.as_str().to_string()),
             version_id: out.version_id().map(str::to_string),
+            restore: out.restore().map(str::to_string),
         })
     }
 
@@ -280,7 +365,7 @@ impl ObjectStore for S3Store {
         // URL-encoded keys: a key holding a character XML 1.0 cannot carry (such as \x01)
         // would otherwise make the whole page unreadable.
         request = request.encoding_type(EncodingType::Url);
-        let out = request.send().await.map_err(classify)?;
+        let out = request.send().await.map_err(|e| classify(e, prefix))?;
         // A server that ignores the request answers without EncodingType: keys are then raw.
         let encoded = out.encoding_type() == Some(&EncodingType::Url);
         let name = |raw: &str| -> Option<String> {
@@ -306,6 +391,7 @@ impl ObjectStore for S3Store {
                     content_type: None,
                     storage_class: None,
                     version_id: None,
+                    restore: None,
                 })
             })
             .collect();
@@ -345,7 +431,7 @@ impl ObjectStore for S3Store {
             .set_if_match(if_match.map(str::to_string))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, key))?;
         let expected = (range.end - range.start) as usize;
         let mut body = out.body;
         let read_error =
@@ -374,7 +460,7 @@ impl ObjectStore for S3Store {
         let out = with_upload_options!(request, opts)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, key))?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -386,7 +472,7 @@ impl ObjectStore for S3Store {
             .key(key)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, key))?;
         Ok(())
     }
 
@@ -402,7 +488,7 @@ impl ObjectStore for S3Store {
         let out = with_upload_options!(request, opts)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, key))?;
         out.upload_id()
             .map(str::to_string)
             .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
@@ -426,7 +512,7 @@ impl ObjectStore for S3Store {
             .body(ByteStream::from(body))
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, key))?;
         Ok(UploadedPart {
             number,
             etag: out.e_tag().map(str::to_string),
@@ -442,27 +528,16 @@ impl ObjectStore for S3Store {
         range: Range<u64>,
         if_match: Option<&str>,
     ) -> StoreResult<UploadedPart> {
-        let _permit = self.connection().await;
-        let out = self
-            .client
-            .upload_part_copy()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .copy_source(copy_source(&self.bucket, source))
-            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_copy_source_if_match(if_match.map(str::to_string))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(UploadedPart {
+        self.upload_part_copy_between(
+            key,
+            upload_id,
             number,
-            etag: out
-                .copy_part_result()
-                .and_then(|r| r.e_tag())
-                .map(str::to_string),
-        })
+            &self.bucket,
+            source,
+            range,
+            if_match,
+        )
+        .await
     }
 
     async fn complete_multipart(
@@ -494,7 +569,7 @@ impl ObjectStore for S3Store {
             )
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, key))?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -507,7 +582,7 @@ impl ObjectStore for S3Store {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, key))?;
         Ok(())
     }
 
@@ -525,7 +600,7 @@ impl ObjectStore for S3Store {
                 .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-                .map_err(classify)?;
+                .map_err(|e| classify(e, prefix))?;
             for upload in out.uploads() {
                 if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
                     found.push(super::PendingUpload {
@@ -544,6 +619,27 @@ impl ObjectStore for S3Store {
                 return Ok(found);
             }
         }
+    }
+
+    async fn restore(&self, key: &str, days: u32, tier: Option<&str>) -> StoreResult<()> {
+        let mut request = RestoreRequest::builder().days(days.min(i32::MAX as u32) as i32);
+        if let Some(tier) = tier {
+            let job = GlacierJobParameters::builder()
+                .tier(Tier::from(tier))
+                .build()
+                .map_err(|e| StoreError::InvalidRequest(format!("restore tier: {e}")))?;
+            request = request.glacier_job_parameters(job);
+        }
+        let _permit = self.connection().await;
+        self.client
+            .restore_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .restore_request(request.build())
+            .send()
+            .await
+            .map_err(|e| classify(e, key))?;
+        Ok(())
     }
 
     async fn presign_get(&self, key: &str, expires: std::time::Duration) -> StoreResult<String> {
@@ -567,7 +663,7 @@ impl ObjectStore for S3Store {
         opts: &PutOptions,
         replace_metadata: bool,
     ) -> StoreResult<Option<String>> {
-        self.copy_object_if(source, dest, opts, replace_metadata, None)
+        self.copy_between(&self.bucket, source, dest, opts, replace_metadata, None)
             .await
     }
 
@@ -579,15 +675,129 @@ impl ObjectStore for S3Store {
         replace_metadata: bool,
         if_match: &str,
     ) -> StoreResult<Option<String>> {
-        self.copy_object_if(source, dest, opts, replace_metadata, Some(if_match))
-            .await
+        self.copy_between(
+            &self.bucket,
+            source,
+            dest,
+            opts,
+            replace_metadata,
+            Some(if_match),
+        )
+        .await
     }
 }
 
+/// A bucket the credentials can list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created: SystemTime,
+}
+
+/// Bucket-level operations, for a mount of every bucket (see `store::buckets`).
 impl S3Store {
-    /// CopyObject, conditioned on the source's ETag when `if_match` is given.
-    async fn copy_object_if(
+    /// The same client, connections and buffers, on another bucket.
+    pub fn for_bucket(&self, bucket: &str) -> Self {
+        Self {
+            client: self.client.clone(),
+            bucket: bucket.to_string(),
+            permits: self.permits.clone(),
+            sdk_config: self.sdk_config.clone(),
+            buffers: self.buffers.clone(),
+        }
+    }
+
+    pub fn region(&self) -> Option<&str> {
+        self.sdk_config.region().map(|r| r.as_ref())
+    }
+
+    pub async fn list_buckets(&self) -> StoreResult<Vec<BucketInfo>> {
+        let _permit = self.connection().await;
+        let out = self
+            .client
+            .list_buckets()
+            .send()
+            .await
+            .map_err(|e| classify(e, "ListBuckets"))?;
+        Ok(out
+            .buckets()
+            .iter()
+            .filter_map(|b| {
+                Some(BucketInfo {
+                    name: b.name()?.to_string(),
+                    created: to_system_time(b.creation_date()),
+                })
+            })
+            .collect())
+    }
+
+    /// CreateBucket in the client's region (no location constraint in us-east-1, which
+    /// refuses one).
+    pub async fn create_bucket(&self, name: &str) -> StoreResult<()> {
+        let mut request = self.client.create_bucket().bucket(name);
+        if let Some(region) = self.region().filter(|r| *r != "us-east-1") {
+            request = request.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        let _permit = self.connection().await;
+        request.send().await.map_err(|e| classify(e, name))?;
+        Ok(())
+    }
+
+    pub async fn delete_bucket(&self, name: &str) -> StoreResult<()> {
+        let _permit = self.connection().await;
+        self.client
+            .delete_bucket()
+            .bucket(name)
+            .send()
+            .await
+            .map_err(|e| classify(e, name))?;
+        Ok(())
+    }
+
+    /// UploadPartCopy from a key of another bucket.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_part_copy_between(
         &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        source_bucket: &str,
+        source: &str,
+        range: Range<u64>,
+        if_match: Option<&str>,
+    ) -> StoreResult<UploadedPart> {
+        let _permit = self.connection().await;
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(copy_source(source_bucket, source))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_copy_source_if_match(if_match.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| classify(e, key))?;
+        Ok(UploadedPart {
+            number,
+            etag: out
+                .copy_part_result()
+                .and_then(|r| r.e_tag())
+                .map(str::to_string),
+        })
+    }
+
+    /// CopyObject from a key of another bucket, conditioned on the source's ETag when
+    /// `if_match` is given.
+    pub async fn copy_between(
+        &self,
+        source_bucket: &str,
         source: &str,
         dest: &str,
         opts: &PutOptions,
@@ -600,7 +810,7 @@ impl S3Store {
             .copy_object()
             .bucket(&self.bucket)
             .key(dest)
-            .copy_source(copy_source(&self.bucket, source))
+            .copy_source(copy_source(source_bucket, source))
             .set_copy_source_if_match(if_match.map(str::to_string));
         if replace_metadata {
             request = request
@@ -611,7 +821,7 @@ impl S3Store {
         let out = with_upload_options!(request, opts)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, dest))?;
         Ok(out
             .copy_object_result()
             .and_then(|r| r.e_tag())

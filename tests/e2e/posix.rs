@@ -97,7 +97,7 @@ impl S3fs {
             .tempdir()
             .unwrap();
         let passwd = dir.path().with_extension("passwd");
-        std::fs::write(&passwd, format!("{ACCESS_KEY}:{SECRET_KEY}\n")).unwrap();
+        std::fs::write(&passwd, format!("{}:{}\n", access_key(), secret_key())).unwrap();
         std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
         let options = [
             format!("url={}", server().endpoint),

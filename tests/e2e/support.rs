@@ -1,6 +1,10 @@
 //! End-to-end test support: a real S3 server (started through `scripts/local-s3`), buckets
 //! filled through the S3 API, and real FUSE mounts of the release binary that are always
 //! unmounted, on failure too.
+//!
+//! The server is moto, or a single-node Garage with `BUCKETFS_E2E_SERVER=garage`
+//! (`scripts/test` runs the suite on both). A test that only means something on one of them
+//! says so with [`skip_unless`], which decides by the server kind alone and prints the skip.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,8 +16,92 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 
-pub const ACCESS_KEY: &str = "bucketfs-test-key";
-pub const SECRET_KEY: &str = "bucketfs-test-secret";
+/// The local S3 server the suite runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    Moto,
+    Garage,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Moto => "moto",
+            ServerKind::Garage => "garage",
+        }
+    }
+
+    /// The `scripts/local-s3` arguments that pick this server.
+    fn local_s3_args(self) -> &'static [&'static str] {
+        match self {
+            ServerKind::Moto => &[],
+            ServerKind::Garage => &["--garage"],
+        }
+    }
+}
+
+/// `BUCKETFS_E2E_SERVER`: `moto` (the default) or `garage`; anything else is an error.
+pub fn server_kind() -> ServerKind {
+    static KIND: OnceLock<ServerKind> = OnceLock::new();
+    *KIND.get_or_init(|| match std::env::var("BUCKETFS_E2E_SERVER").as_deref() {
+        Err(_) | Ok("") | Ok("moto") => ServerKind::Moto,
+        Ok("garage") => ServerKind::Garage,
+        Ok(other) => panic!("BUCKETFS_E2E_SERVER={other:?}: expected moto or garage"),
+    })
+}
+
+/// True, after printing a line saying so, when the suite runs on another server than `kind`:
+/// the test then returns at once. Decided by the server kind only, never by an outcome. The
+/// line goes to the real stderr (not the captured test output), so it shows in every run.
+pub fn skip_unless(kind: ServerKind, why: &str) -> bool {
+    if server_kind() == kind {
+        return false;
+    }
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED on {}: {test} runs on {} only: {why}",
+        server_kind().name(),
+        kind.name()
+    );
+    true
+}
+
+/// The fixed test credentials of the server kind, as `scripts/local-s3 env` prints them
+/// (Garage has a key format of its own).
+fn credentials() -> &'static (String, String) {
+    static CREDS: OnceLock<(String, String)> = OnceLock::new();
+    CREDS.get_or_init(|| {
+        let out = Command::new(repo_root().join("scripts/local-s3"))
+            .arg("env")
+            .args(server_kind().local_s3_args())
+            .output()
+            .expect("run scripts/local-s3 env");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let var = |name: &str| {
+            stdout
+                .lines()
+                .filter_map(|l| l.strip_prefix("export "))
+                .filter_map(|l| l.split_once('='))
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| panic!("scripts/local-s3 env printed no {name}: {stdout}"))
+        };
+        (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+    })
+}
+
+pub fn access_key() -> &'static str {
+    &credentials().0
+}
+
+pub fn secret_key() -> &'static str {
+    &credentials().1
+}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,6 +143,18 @@ pub fn free_port() -> u16 {
     panic!("no free port in {low}..{high}");
 }
 
+/// A port for a server of the suite's kind: Garage also takes the next two (RPC and admin).
+pub fn server_port() -> u16 {
+    loop {
+        let port = free_port();
+        if server_kind() == ServerKind::Moto
+            || (1..3).all(|k| TcpListener::bind(("127.0.0.1", port + k)).is_ok())
+        {
+            return port;
+        }
+    }
+}
+
 /// A local S3 server started by `scripts/local-s3`; stopped when the test process exits.
 pub struct Server {
     pub port: u16,
@@ -65,18 +165,16 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 
 extern "C" fn stop_server_at_exit() {
     if let Some(server) = SERVER.get() {
-        let _ = Command::new(repo_root().join("scripts/local-s3"))
-            .args(["stop", "--port", &server.port.to_string()])
-            .stderr(Stdio::null())
-            .status();
+        stop_local_s3(server.port);
     }
 }
 
-/// Starts `scripts/local-s3` on `port` with extra environment; panics with the script's
-/// output when it cannot.
+/// Starts `scripts/local-s3` (the suite's server kind) on `port` with extra environment;
+/// panics with the script's output when it cannot.
 pub fn start_local_s3(port: u16, extra_env: &[(&str, &str)]) {
     let output = Command::new(repo_root().join("scripts/local-s3"))
         .args(["start", "--port", &port.to_string()])
+        .args(server_kind().local_s3_args())
         .envs(extra_env.iter().copied())
         .output()
         .expect("run scripts/local-s3 (is python3 installed?)");
@@ -90,6 +188,7 @@ pub fn start_local_s3(port: u16, extra_env: &[(&str, &str)]) {
 pub fn stop_local_s3(port: u16) {
     let _ = Command::new(repo_root().join("scripts/local-s3"))
         .args(["stop", "--port", &port.to_string()])
+        .args(server_kind().local_s3_args())
         .stderr(Stdio::null())
         .status();
 }
@@ -103,7 +202,7 @@ pub struct OwnServer {
 
 impl OwnServer {
     pub fn start() -> Self {
-        let port = free_port();
+        let port = server_port();
         start_local_s3(port, &[]);
         Self {
             port,
@@ -124,7 +223,7 @@ impl Drop for OwnServer {
 
 pub fn server() -> &'static Server {
     SERVER.get_or_init(|| {
-        let port = free_port();
+        let port = server_port();
         start_local_s3(port, &[]);
         // SAFETY: registering a plain extern "C" function with no captured state.
         unsafe { libc::atexit(stop_server_at_exit) };
@@ -146,13 +245,16 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 pub fn s3_client(endpoint: &str) -> Client {
-    let creds = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test");
+    let creds =
+        aws_sdk_s3::config::Credentials::new(access_key(), secret_key(), None, None, "test");
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .force_path_style(true)
         .credentials_provider(creds)
+        // As bucketfs does: Garage refuses the SDK's default streaming (aws-chunked) checksums.
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .build();
     Client::from_conf(config)
 }
@@ -330,8 +432,8 @@ pub fn server_env() -> Vec<(&'static str, String)> {
 pub fn env_for(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT_URL", endpoint.to_string()),
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_ACCESS_KEY_ID", access_key().to_string()),
+        ("AWS_SECRET_ACCESS_KEY", secret_key().to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
         ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
     ]
@@ -380,7 +482,7 @@ impl Mount {
     }
 
     pub fn with_endpoint(bucket: &str, endpoint: &str, extra_args: &[&str]) -> Self {
-        Self::with_credentials(bucket, endpoint, ACCESS_KEY, SECRET_KEY, extra_args)
+        Self::with_credentials(bucket, endpoint, access_key(), secret_key(), extra_args)
     }
 
     pub fn with_credentials(

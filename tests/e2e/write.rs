@@ -297,6 +297,27 @@ fn bad_names_and_bad_namespace_operations_fail_with_their_errno() {
     let long = "n".repeat(256);
     let err = std::fs::write(mount.join(&long), "x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+    let err = std::fs::remove_dir(mount.join("dir")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY));
+    let err = std::fs::rename(mount.join("dir"), mount.join("dir/sub")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    assert!(bucket.keys().contains(&"dir/inside".to_string()));
+    assert!(!bucket.keys().iter().any(|k| k.starts_with("dir/sub")));
+}
+
+#[test]
+fn a_key_over_1024_bytes_is_refused_with_enametoolong() {
+    // The directories such a key sits in have keys of up to 1,010 bytes: Garage's LMDB
+    // metadata engine refuses keys over about 475 bytes (MDB_BAD_VALSIZE, as 503
+    // ServiceUnavailable), so there the mkdir of the third level fails with EIO first.
+    if skip_unless(
+        ServerKind::Moto,
+        "Garage (LMDB) refuses keys over ~475 bytes, so no directory deep enough can exist",
+    ) {
+        return;
+    }
+    let bucket = TestBucket::new();
+    let mount = Mount::new(&bucket.name, &[]);
     // Components fine, key over 1,024 bytes.
     let mut deep = mount.path().to_path_buf();
     for i in 0..6 {
@@ -305,12 +326,6 @@ fn bad_names_and_bad_namespace_operations_fail_with_their_errno() {
     let err = std::fs::create_dir_all(&deep).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
     assert!(bucket.keys().iter().all(|k| k.len() <= 1024));
-    let err = std::fs::remove_dir(mount.join("dir")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY));
-    let err = std::fs::rename(mount.join("dir"), mount.join("dir/sub")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
-    assert!(bucket.keys().contains(&"dir/inside".to_string()));
-    assert!(!bucket.keys().iter().any(|k| k.starts_with("dir/sub")));
 }
 
 #[test]
