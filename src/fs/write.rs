@@ -476,8 +476,12 @@ impl<S: ObjectStore> FileWriter<S> {
             State::Failed(e) => return Err(e.clone()),
             State::Superseded => return Err(FsError::Busy),
             State::Open => {}
-            _ if self.size == 0 && self.base.is_none() => {}
-            _ => return Err(FsError::NotSupported),
+            State::Committed if self.size == 0 && self.base.is_none() => {}
+            // An unlinked or displaced file keeps its writes local or drops them: the kernel's
+            // read-and-write fallback goes through `write`, which knows how.
+            State::Committed | State::Discarded | State::Orphaned => {
+                return Err(FsError::NotSupported)
+            }
         }
         if source.etag.is_none() {
             return Err(FsError::NotSupported);

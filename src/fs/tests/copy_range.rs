@@ -139,3 +139,38 @@ async fn other_copies_are_left_to_the_kernel() {
     close(&fs, dst).await.unwrap();
     assert_eq!(store.inner().get("b").unwrap(), pattern(1 << 20, 1)[..4096]);
 }
+
+#[tokio::test]
+async fn a_copy_into_a_file_replaced_or_unlinked_meanwhile_stores_nothing_there() {
+    let (store, fs) = fs_with(&[], with_disk());
+    store.inner().insert("src", pattern(1 << 20, 1));
+    store
+        .inner()
+        .insert("other", b"the file renamed over dst".to_vec());
+    let src = open_path(&fs, "src", libc::O_RDONLY).await;
+    // dst is being written when another file is renamed over it: its writes are dropped.
+    let dst = create(&fs, "dst").await;
+    fs.rename(
+        ROOT_INO,
+        OsStr::new("other"),
+        ROOT_INO,
+        OsStr::new("dst"),
+        false,
+    )
+    .await
+    .unwrap();
+    let copied = fs.copy_range(src, 0, dst, 0, 1 << 30).await;
+    assert_eq!(copied.unwrap_err().errno(), libc::EOPNOTSUPP);
+    let _ = close(&fs, dst).await;
+    assert_eq!(
+        store.inner().get("dst").unwrap(),
+        b"the file renamed over dst".to_vec(),
+        "the displaced writer's copy replaced the renamed file"
+    );
+    // An unlinked file keeps its bytes local; a copy into it stores nothing either.
+    let gone = create(&fs, "gone").await;
+    fs.unlink(ROOT_INO, OsStr::new("gone")).await.unwrap();
+    let _ = fs.copy_range(src, 0, gone, 0, 1 << 30).await;
+    let _ = close(&fs, gone).await;
+    assert!(store.inner().get("gone").is_none());
+}
