@@ -542,7 +542,9 @@ impl<S: ObjectStore> Fs<S> {
             FileHandle::Read(reader) => reader.lock().await.object(),
             FileHandle::Write(writer) => {
                 let writer = writer.lock().await;
-                if writer.is_dirty() {
+                // Only a file whose content is its object: not one with unsent changes, nor
+                // one unlinked or displaced (whose later changes stay local).
+                if writer.is_dirty() || writer.is_discarded() {
                     return Err(FsError::NotSupported);
                 }
                 writer

@@ -1136,3 +1136,4 @@ mod archive;
 mod copy_range;
 mod posix;
 mod review;
+mod review_copy;

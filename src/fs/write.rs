@@ -607,7 +607,13 @@ impl<S: ObjectStore> FileWriter<S> {
         if !self.is_dirty() {
             return None;
         }
-        self.patch.as_ref()?.base().map(|b| b.size)
+        // A copy's base is another file's object (copy_file_range): the commit copies from it
+        // wherever this file's name is then, so a rename has nothing of its own to move.
+        self.patch
+            .as_ref()?
+            .base()
+            .filter(|b| b.key == self.key)
+            .map(|b| b.size)
     }
 
     /// The file's object was copied to `key` (a rename): later in-place changes start from it.
@@ -837,14 +843,16 @@ impl<S: ObjectStore> FileWriter<S> {
     async fn finish_patch(&mut self) -> FsResult<Option<String>> {
         let patch = self.patch.as_ref().expect("called with a patch");
         let size = patch.size();
-        if patch.is_whole_base() && size <= super::copy::MAX_COPY_OBJECT {
-            // A copy of a whole object (copy_file_range): one CopyObject, pinned to the
-            // version the copy started from.
-            let base = patch.base().expect("a whole base");
-            let etag = base.etag.as_deref().expect("clones are pinned");
+        let whole_pinned_base = patch
+            .base()
+            .filter(|_| patch.is_whole_base() && size <= super::copy::MAX_COPY_OBJECT)
+            .and_then(|base| Some((base.key.as_str(), base.etag.as_deref()?)));
+        if let Some((source, etag)) = whole_pinned_base {
+            // A copy of a whole object (copy_file_range), or an object changed back to what
+            // it was: one CopyObject, pinned to the version it started from.
             return self
                 .store
-                .copy_if_match(&base.key, &self.key, &self.opts, true, etag)
+                .copy_if_match(source, &self.key, &self.opts, true, etag)
                 .await
                 .map_err(base_error);
         }
