@@ -5,6 +5,7 @@ use bucketfs::daemon::{self, Ready};
 use bucketfs::{generate, mount_helper, notify};
 
 fn main() {
+    mount_helper::ensure_home();
     // mount(8)'s helper convention and `-o` lists become ordinary long options.
     let line = mount_helper::command_line(std::env::args_os().collect()).unwrap_or_else(|e| {
         eprintln!("bucketfs: {e}");

@@ -475,9 +475,56 @@ fn unquote(value: &str) -> &str {
         .unwrap_or(value)
 }
 
+/// mount(8) runs its helpers with a sanitized environment that has no `HOME` (util-linux
+/// drops it, with PATH), and some service managers start programs without one. Without it the
+/// SDK finds no `~/.aws` (credentials, profiles) and the state directory falls back to
+/// /var/lib. So a missing `HOME` is taken from the password database, as a login would set it.
+/// Called first thing in `main`, before any thread starts.
+pub fn ensure_home() {
+    if std::env::var_os("HOME").is_some_and(|h| !h.is_empty()) {
+        return;
+    }
+    // SAFETY: getuid cannot fail.
+    if let Some(home) = home_of(unsafe { libc::getuid() }) {
+        std::env::set_var("HOME", home);
+    }
+}
+
+/// The home directory of `uid` in the password database.
+pub fn home_of(uid: libc::uid_t) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to fill.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call, and the buffer's length is passed with it.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() || entry.pw_dir.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_dir points at a NUL-terminated string in `buffer`.
+    let dir = unsafe { std::ffi::CStr::from_ptr(entry.pw_dir) };
+    (!dir.to_bytes().is_empty())
+        .then(|| std::path::PathBuf::from(OsStr::from_bytes(dir.to_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_home_directory_comes_from_the_password_database() {
+        assert_eq!(home_of(0).as_deref(), Some(Path::new("/root")));
+        assert_eq!(home_of(4_000_000_000), None);
+    }
     use clap::Parser;
 
     fn os(args: &[&str]) -> Vec<OsString> {

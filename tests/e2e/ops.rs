@@ -160,6 +160,42 @@ fn an_fstab_line_is_mounted_by_mount_and_unmounted_by_umount() {
 }
 
 #[test]
+fn the_helper_finds_home_although_mount_clears_it() {
+    // mount(8) runs its helper without HOME; bucketfs takes it from the password database,
+    // so ~/.aws and the default state directory (here: the log) are where a login has them.
+    let _helper = HelperLink::install();
+    let bucket = TestBucket::new();
+    bucket.put("x.txt", "x");
+    let mnt = tempfile::tempdir().unwrap();
+    let fstab = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        fstab.path(),
+        format!(
+            "{} {} fuse.bucketfs endpoint-url={} 0 0\n",
+            bucket.name,
+            path_str(mnt.path()),
+            server().endpoint,
+        ),
+    )
+    .unwrap();
+    let _unmount = Unmount(mnt.path().to_path_buf());
+    // SAFETY: getuid cannot fail.
+    let home = bucketfs::mount_helper::home_of(unsafe { libc::getuid() }).expect("a home");
+    let state = match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir).join("bucketfs"),
+        _ => home.join(".local/state/bucketfs"),
+    };
+    let log = state.join("log").join(format!("{}.log", bucket.name));
+    let out = mount_cmd(&["-T", path_str(fstab.path()), path_str(mnt.path())]);
+    assert_ok(&out, "mount -T FSTAB DIR");
+    let found = log.exists();
+    let out = Command::new("umount").arg(mnt.path()).output().unwrap();
+    assert_ok(&out, "umount DIR");
+    let _ = std::fs::remove_file(&log);
+    assert!(found, "no log at {} (HOME not restored?)", log.display());
+}
+
+#[test]
 fn mount_a_mounts_the_auto_lines_once_and_skips_noauto() {
     let _helper = HelperLink::install();
     let bucket = TestBucket::new();
