@@ -148,13 +148,7 @@ fn a_single_argument_mounts_every_bucket_in_the_background() {
         .envs(server_env())
         .output()
         .unwrap();
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            unmount(self.0);
-        }
-    }
-    let _guard = Unmount(dir.path());
+    let _guard = Unmount(dir.path().to_path_buf());
     assert!(
         out.status.success(),
         "{}",

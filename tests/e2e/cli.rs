@@ -193,13 +193,7 @@ fn daemon_mode_returns_once_mounted_or_with_the_error() {
         ],
         &server_env(),
     );
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            unmount(self.0);
-        }
-    }
-    let _guard = Unmount(dir.path());
+    let _guard = Unmount(dir.path().to_path_buf());
     assert!(out.status.success(), "{}", stderr(&out));
     // The mount is live the moment the parent returns.
     assert_eq!(

@@ -65,15 +65,6 @@ impl Drop for HelperLink {
     }
 }
 
-/// Unmounts the directory when dropped, whatever happened in the test.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        unmount(&self.0);
-    }
-}
-
 /// How many mounts there are on `dir`.
 fn mounts_on(dir: &Path) -> usize {
     let wanted = dir.to_string_lossy().replace(' ', "\\040");

@@ -467,6 +467,16 @@ pub fn unmount(dir: &Path) {
     }
 }
 
+/// Unmounts the directory when dropped, whatever happened in the test (for mounts the test
+/// did not start as a `Mount`: daemonized ones, mount(8)'s).
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}
+
 /// A live mount of the release binary, run in the foreground as our child. Dropping it
 /// unmounts and ends the child, whatever happened in the test.
 pub struct Mount {

@@ -273,13 +273,7 @@ fn a_private_ca_given_in_aws_ca_bundle_is_trusted() {
         &tls.endpoint,
         &[("AWS_CA_BUNDLE", tls.ca().to_str().unwrap())],
     );
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            unmount(self.0);
-        }
-    }
-    let _guard = Unmount(dir.path());
+    let _guard = Unmount(dir.path().to_path_buf());
     assert!(
         out.status.success(),
         "{}",
