@@ -165,8 +165,9 @@ fn a_failed_upload_logs_the_key_and_the_s3_error_code() {
     );
     let log = mount.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains("WARN") && l.contains("orphan.txt") && l.contains("NoSuchBucket")),
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("orphan.txt")
+            && l.contains("NoSuchBucket (HTTP 404)")),
         "no warning names the key and the S3 error code:\n{log}"
     );
 }
