@@ -263,6 +263,40 @@ impl S3Store {
 }
 
 /// Maps an SDK error to its kind, by HTTP status first (HEAD responses carry no error code).
+/// `detail` with access key IDs replaced by `<access key id>`: some servers name the key in
+/// their messages (Garage: "Access key GK… is not allowed…"), and error messages are logged.
+/// AWS key IDs are AKIA/ASIA and 16 more capitals or digits; Garage's are GK and 24 hex digits.
+fn redact_key_ids(detail: &str) -> String {
+    let is_key_id = |word: &str| {
+        let aws = (word.starts_with("AKIA") || word.starts_with("ASIA"))
+            && word.len() == 20
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        let garage = word.len() == 26
+            && word.starts_with("GK")
+            && word[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        aws || garage
+    };
+    let mut out = String::with_capacity(detail.len());
+    let mut word = String::new();
+    for c in detail.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+            continue;
+        }
+        out.push_str(if is_key_id(&word) {
+            "<access key id>"
+        } else {
+            &word
+        });
+        word.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
 /// The store's error for a failed request about `key` (an object key, a prefix or the
 /// bucket). Its message names the key, the S3 error code and the HTTP status, so the log line
 /// of a failure says which file and why.
@@ -279,7 +313,7 @@ where
         (None, Some(s)) => format!("HTTP {s}"),
         (None, None) => DisplayErrorContext(&err).to_string(),
     };
-    let message = format!("{key}: {detail}");
+    let message = format!("{key}: {}", redact_key_ids(&detail));
     match (status, code.as_str()) {
         (_, "NoSuchBucket") => StoreError::NoSuchBucket(message),
         (_, "BucketAlreadyExists" | "BucketAlreadyOwnedByYou") => StoreError::BucketExists(message),
@@ -831,13 +865,28 @@ impl S3Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{copy_source, url_decode};
+    use super::{copy_source, redact_key_ids, url_decode};
 
     #[test]
     fn listed_keys_are_url_decoded() {
         assert_eq!(url_decode("a+b%2Bc%01d").as_deref(), Some("a b+c\u{1}d"));
         assert_eq!(url_decode("caf%C3%A9/").as_deref(), Some("café/"));
         assert_eq!(url_decode("bad%FF"), None, "not UTF-8: hidden");
+    }
+
+    #[test]
+    fn access_key_ids_in_server_messages_are_redacted() {
+        assert_eq!(
+            redact_key_ids(
+                "Forbidden: Access key GK1a2b3c4d5e6f708192a3b4c5 is not allowed to create buckets"
+            ),
+            "Forbidden: Access key <access key id> is not allowed to create buckets"
+        );
+        assert_eq!(
+            redact_key_ids("The AWS Access Key Id AKIAIOSFODNN7EXAMPLE does not exist."),
+            "The AWS Access Key Id <access key id> does not exist."
+        );
+        assert_eq!(redact_key_ids("no key here: GK12"), "no key here: GK12");
     }
 
     #[test]

@@ -170,3 +170,56 @@ fn a_single_argument_mounts_every_bucket_in_the_background() {
     // The daemon's default log is named after what it mounts.
     assert!(state.path().join("log/all-buckets.log").exists());
 }
+
+#[test]
+fn creating_a_bucket_the_credentials_may_not_is_eacces() {
+    if skip_unless(
+        ServerKind::Garage,
+        "moto checks no permissions without an IAM set-up; Garage keys carry them",
+    ) {
+        return;
+    }
+    // A second key that may create no bucket: CreateBucket is AccessDenied.
+    let out = Command::new(repo_root().join("scripts/local-s3"))
+        .args([
+            "limited-key",
+            "--garage",
+            "--port",
+            &server().port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exports = String::from_utf8(out.stdout).unwrap();
+    let var = |name: &str| {
+        exports
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {exports}"))
+            .to_string()
+    };
+    let (key, secret) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"));
+    let mount = Mount::with_credentials("s3://", &server().endpoint, &key, &secret, &[]);
+    let name = format!("e2e-refused-{}", std::process::id());
+    assert_eq!(
+        errno_of(std::fs::create_dir(mount.join(&name))),
+        Some(libc::EACCES)
+    );
+    let client = s3_client(&server().endpoint);
+    assert!(!bucket_exists(&client, &name));
+    // The refusal is logged with S3's code, and without the key id Garage puts in its message.
+    let log = mount.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&name) && l.contains("AccessDenied (HTTP 403)")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&key) && !log.contains(&secret),
+        "a credential was logged"
+    );
+}
