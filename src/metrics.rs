@@ -81,8 +81,12 @@ pub struct Metrics {
     s3_latency: Histograms,
     s3_bytes_received: Counter,
     s3_bytes_sent: Counter,
-    cache: Family<Labels, Counter>,
+    /// `bucketfs_cache_lookups` by [cache][hit]: made once, so a lookup (one per block read)
+    /// is an atomic add, not a label allocation and a family lookup.
+    cache: [[Counter; 2]; 3],
     fuse_ops: Family<Labels, Counter>,
+    /// The counters of `FUSE_OPERATIONS`, made once for the same reason (one per request).
+    fuse_op_counters: std::collections::HashMap<&'static str, Counter>,
     fuse_errors: Family<Labels, Counter>,
     memory_budget: Gauge,
     memory_in_use: Gauge,
@@ -92,6 +96,41 @@ pub struct Metrics {
     open_files: Gauge,
     totals: Totals,
 }
+
+/// The FUSE operations the adapter counts (see `fuse.rs`); others get a series when first seen.
+const FUSE_OPERATIONS: &[&str] = &[
+    "lookup",
+    "forget",
+    "getattr",
+    "setattr",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "readlink",
+    "rename",
+    "link",
+    "open",
+    "read",
+    "write",
+    "flush",
+    "release",
+    "fsync",
+    "opendir",
+    "readdir",
+    "readdirplus",
+    "releasedir",
+    "statfs",
+    "access",
+    "create",
+    "fallocate",
+    "copy_file_range",
+    "getxattr",
+    "listxattr",
+    "setxattr",
+    "removexattr",
+];
 
 /// Request latencies from 1 ms to about 33 s, doubling.
 fn latency_histogram() -> Histogram {
@@ -194,7 +233,25 @@ impl Metrics {
             s3_latency,
             s3_bytes_received,
             s3_bytes_sent,
-            cache,
+            cache: [Cache::Metadata, Cache::Blocks, Cache::Staged].map(|c| {
+                [false, true].map(|hit| {
+                    cache
+                        .get_or_create(&vec![
+                            ("cache", c.label().to_string()),
+                            ("result", if hit { "hit" } else { "miss" }.to_string()),
+                        ])
+                        .clone()
+                })
+            }),
+            fuse_op_counters: FUSE_OPERATIONS
+                .iter()
+                .map(|&op| {
+                    let counter = fuse_ops
+                        .get_or_create(&vec![("op", op.to_string())])
+                        .clone();
+                    (op, counter)
+                })
+                .collect(),
             fuse_ops,
             fuse_errors,
             totals: Totals::default(),
@@ -238,13 +295,7 @@ impl Metrics {
     }
 
     pub fn cache_lookup(&self, cache: Cache, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
-        self.cache
-            .get_or_create(&vec![
-                ("cache", cache.label().to_string()),
-                ("result", result.to_string()),
-            ])
-            .inc();
+        self.cache[cache.index()][usize::from(hit)].inc();
         let counts = if hit {
             &self.totals.hits
         } else {
@@ -254,9 +305,13 @@ impl Metrics {
     }
 
     pub fn fuse_op(&self, op: &'static str) {
-        self.fuse_ops
-            .get_or_create(&vec![("op", op.to_string())])
-            .inc();
+        match self.fuse_op_counters.get(op) {
+            Some(counter) => counter.inc(),
+            None => self
+                .fuse_ops
+                .get_or_create(&vec![("op", op.to_string())])
+                .inc(),
+        };
         self.totals.fuse_ops.fetch_add(1, Ordering::Relaxed);
     }
 
