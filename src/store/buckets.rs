@@ -77,28 +77,33 @@ impl BucketsStore {
         }
     }
 
-    /// A bucket's directory marker: exists when the bucket does.
+    /// A bucket's directory marker: exists when the bucket does (HeadBucket).
     async fn bucket_marker(&self, bucket: &str) -> StoreResult<ObjectInfo> {
         match self.bucket(bucket).check_bucket().await {
-            Ok(()) => Ok(ObjectInfo {
-                key: format!("{bucket}/"),
-                size: 0,
-                etag: None,
-                last_modified: self
-                    .created
-                    .lock()
-                    .unwrap()
-                    .get(bucket)
-                    .copied()
-                    .unwrap_or_else(SystemTime::now),
-                user_metadata: HashMap::new(),
-                content_type: None,
-                storage_class: None,
-                version_id: None,
-                restore: None,
-            }),
+            Ok(()) => Ok(self.marker_of(bucket)),
             Err(StoreError::NoSuchBucket(_)) => Err(StoreError::NotFound),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The marker of a bucket known to exist, dated by its creation when ListBuckets said.
+    fn marker_of(&self, bucket: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: format!("{bucket}/"),
+            size: 0,
+            etag: None,
+            last_modified: self
+                .created
+                .lock()
+                .unwrap()
+                .get(bucket)
+                .copied()
+                .unwrap_or_else(SystemTime::now),
+            user_metadata: HashMap::new(),
+            content_type: None,
+            storage_class: None,
+            version_id: None,
+            restore: None,
         }
     }
 
@@ -188,8 +193,9 @@ impl ObjectStore for BucketsStore {
         };
         let mut page = prefixed(bucket, page);
         // The bucket's own directory marker, first, so an empty bucket is a directory too.
+        // The listing succeeded, so the bucket exists: no HeadBucket needed.
         if rest.is_empty() && token.is_none() {
-            page.objects.insert(0, self.bucket_marker(bucket).await?);
+            page.objects.insert(0, self.marker_of(bucket));
         }
         Ok(page)
     }
