@@ -56,6 +56,13 @@ fn every_bucket_is_a_directory_and_mkdir_rmdir_create_and_delete_buckets() {
         errno_of(std::fs::write(mount.join("top.txt"), b"x")),
         Some(libc::EPERM)
     );
+    assert_eq!(
+        errno_of(std::os::unix::fs::symlink(
+            "somewhere",
+            mount.join("top-link")
+        )),
+        Some(libc::EPERM)
+    );
 
     // Files live in buckets and move between them server-side.
     std::fs::write(mount.join(&format!("{fresh}/moved.txt")), b"moving").unwrap();
