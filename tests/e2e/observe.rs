@@ -72,6 +72,11 @@ fn metrics_are_served_while_mounted_and_a_stats_line_is_logged_at_unmount() {
         (64u64 << 20) as f64,
         "{text}"
     );
+    assert_eq!(
+        sample(&text, "bucketfs_disk_cache_limit_bytes "),
+        (4096u64 << 20) as f64,
+        "the default --max-cache-size:\n{text}"
+    );
     for family in [
         "bucketfs_memory_in_use_bytes",
         "bucketfs_disk_cache_in_use_bytes",
