@@ -171,7 +171,7 @@ fn serve<S: ObjectStore>(
             return 1;
         }
     };
-    let unmounter = session.unmount_callable();
+    let mut unmounter = session.unmount_callable();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let session_thread = std::thread::Builder::new()
         .name("bucketfs-fuse".into())
@@ -194,6 +194,25 @@ fn serve<S: ObjectStore>(
         mountpoint = %config.mountpoint.display(),
         "mounted"
     );
+    // The handlers are in place before anyone hears the mount is ready: a SIGTERM right
+    // after READY=1 (systemd stopping the unit at once) must run the shutdown, not kill us
+    // with the mount left behind.
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _runtime = runtime.enter();
+        signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+    };
+    let (mut term, mut interrupt) = match signals {
+        Ok(signals) => signals,
+        Err(e) => {
+            let message = format!("cannot install the SIGTERM/SIGINT handlers: {e}");
+            error!("{message}");
+            let _ = unmounter.unmount();
+            ready.failure(&message);
+            return 1;
+        }
+    };
     let foreground = ready.is_terminal();
     ready.success();
     if foreground {
@@ -205,11 +224,9 @@ fn serve<S: ObjectStore>(
     }
 
     let signalled = runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
         tokio::select! {
             _ = &mut done_rx => { info!("unmounted"); false }
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT: storing open files, then unmounting"); true }
+            _ = interrupt.recv() => { info!("SIGINT: storing open files, then unmounting"); true }
             _ = term.recv() => { info!("SIGTERM: storing open files, then unmounting"); true }
         }
     });
