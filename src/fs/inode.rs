@@ -452,8 +452,8 @@ impl<W> InodeTable<W> {
 
     /// Takes `key` out of the orphans, if it is one (a new entry is made under it: the old
     /// object must go first).
-    pub fn take_orphan_key(&mut self, key: &str) -> bool {
-        self.orphans.remove(key).is_some()
+    pub fn take_orphan_key(&mut self, key: &str) -> Option<Orphan> {
+        self.orphans.remove(key)
     }
 
     /// Every orphan key (unmount deletes them).

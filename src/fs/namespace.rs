@@ -1054,14 +1054,21 @@ impl<S: ObjectStore> Fs<S> {
         let orphan = {
             let mut inodes = self.inodes.lock().unwrap();
             let orphan = inodes.take_orphan_key(key);
-            if orphan {
+            if orphan.is_some() {
                 inodes.mark_busy(key);
             }
             orphan
         };
-        if orphan {
+        if let Some(orphan) = orphan {
             let _busy = BusyKeys::adopt(self, vec![key.to_string()]);
-            self.delete_if_there(key).await?;
+            if let Err(e) = self.delete_if_there(key).await {
+                // Still an orphan: hidden, and deleted at the last close or the unmount.
+                self.inodes
+                    .lock()
+                    .unwrap()
+                    .keep_orphan(key.to_string(), orphan);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -1156,9 +1163,17 @@ impl<S: ObjectStore> Fs<S> {
         if !others.is_empty() || !below.prefixes.is_empty() || more {
             return Err(FsError::NotEmpty);
         }
-        for orphan in orphans {
-            if self.inodes.lock().unwrap().take_orphan_key(&orphan.key) {
-                self.delete_if_there(&orphan.key).await?;
+        for object in orphans {
+            let taken = self.inodes.lock().unwrap().take_orphan_key(&object.key);
+            if let Some(orphan) = taken {
+                if let Err(e) = self.delete_if_there(&object.key).await {
+                    // Still an orphan: hidden, and deleted at the last close or the unmount.
+                    self.inodes
+                        .lock()
+                        .unwrap()
+                        .keep_orphan(object.key.clone(), orphan);
+                    return Err(e);
+                }
             }
         }
         self.store.delete(&prefix).await?;

@@ -350,6 +350,44 @@ async fn a_new_file_under_an_unlinked_open_name_replaces_it_for_good() {
     assert_eq!(&read_all(&fs, "f").await.unwrap()[..], b"new");
 }
 
+/// Seen in CI's stress run: a create whose delete of the unlinked file's object failed let go
+/// of the orphan, so the object came back under the name and nothing ever deleted it.
+#[tokio::test]
+async fn a_failed_delete_of_an_unlinked_open_files_object_is_retried_at_the_last_close() {
+    let (store, fs) = fs_with(&[("d/f", "old"), ("d/g", "old")], with_disk());
+    let f_reader = open_path(&fs, "d/f", libc::O_RDONLY).await;
+    let g_reader = open_path(&fs, "d/g", libc::O_RDONLY).await;
+    let d = lookup_path(&fs, "d").await.unwrap();
+    fs.unlink(d.ino, OsStr::new("f")).await.unwrap();
+    fs.unlink(d.ino, OsStr::new("g")).await.unwrap();
+    // A new file under the name must delete the old object first; that delete fails.
+    store.fail(Op::Delete, StoreError::Transient("injected".into()), 1);
+    let created = fs.create(d.ino, OsStr::new("f"), 0o644, ROOT).await;
+    assert_eq!(created.unwrap_err().errno(), libc::EIO);
+    assert_eq!(
+        lookup_path(&fs, "d/f").await.unwrap_err().errno(),
+        libc::ENOENT,
+        "the unlinked name stays gone"
+    );
+    // rmdir deletes the orphans below the directory; its delete fails too.
+    store.fail(Op::Delete, StoreError::Transient("injected".into()), 1);
+    assert_eq!(
+        fs.rmdir(ROOT_INO, OsStr::new("d"))
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::EIO
+    );
+    assert_eq!(
+        lookup_path(&fs, "d/g").await.unwrap_err().errno(),
+        libc::ENOENT
+    );
+    close(&fs, f_reader).await.unwrap();
+    close(&fs, g_reader).await.unwrap();
+    assert_eq!(store.inner().get("d/f"), None, "deleted at the last close");
+    assert_eq!(store.inner().get("d/g"), None, "deleted at the last close");
+}
+
 #[tokio::test]
 async fn user_xattrs_are_object_metadata_and_survive_content_changes() {
     let (store, fs) = fs_with(&[], with_disk());
