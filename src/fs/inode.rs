@@ -86,6 +86,20 @@ pub struct Orphan {
     /// The object's ETag when it was unlinked: at the last close it is deleted only if S3
     /// still holds that version (another client may have written the name since).
     pub etag: Option<String>,
+    /// Its deletion is in flight. The record stays until the object is gone, so the key
+    /// stays hidden from lookups and listings meanwhile (and when the delete fails).
+    deleting: bool,
+}
+
+/// What claiming an orphan by key found.
+#[derive(Debug)]
+pub enum OrphanClaim {
+    /// No orphan under the key.
+    None,
+    /// Claimed: the caller deletes it, then calls `finish_orphan_claim`.
+    Claimed(Orphan),
+    /// Another caller is deleting it now.
+    InFlight,
 }
 
 impl<W> InodeTable<W> {
@@ -425,7 +439,14 @@ impl<W> InodeTable<W> {
         let (parent, name) = (inode.parent, inode.name.clone());
         self.detach(parent, &name);
         if let Some((key, etag)) = stored {
-            self.orphans.insert(key, Orphan { ino, etag });
+            self.orphans.insert(
+                key,
+                Orphan {
+                    ino,
+                    etag,
+                    deleting: false,
+                },
+            );
         }
     }
 
@@ -434,26 +455,43 @@ impl<W> InodeTable<W> {
         self.orphans.contains_key(key)
     }
 
-    /// The object key of the unlinked inode `ino`, taken out of the orphans (to be deleted).
-    pub fn take_orphan_of(&mut self, ino: u64) -> Option<(String, Orphan)> {
-        let key = self
+    /// Claims the orphan of the unlinked inode `ino` for deletion, and marks its key busy
+    /// in the same critical section (no new file can be made under it meanwhile); None when
+    /// it has none or another caller is deleting it.
+    pub fn claim_orphan_of(&mut self, ino: u64) -> Option<(String, Orphan)> {
+        let (key, orphan) = self
             .orphans
-            .iter()
-            .find(|(_, o)| o.ino == ino)
-            .map(|(k, _)| k.clone())?;
-        let orphan = self.orphans.remove(&key)?;
-        Some((key, orphan))
+            .iter_mut()
+            .find(|(_, o)| o.ino == ino && !o.deleting)?;
+        orphan.deleting = true;
+        let claimed = (key.clone(), orphan.clone());
+        self.mark_busy(&claimed.0);
+        Some(claimed)
     }
 
-    /// Puts back an orphan whose deletion failed (unless a new entry took its key since).
-    pub fn keep_orphan(&mut self, key: String, orphan: Orphan) {
-        self.orphans.entry(key).or_insert(orphan);
+    /// Claims the orphan under `key` (a new entry is to be made there, or its directory
+    /// goes), marking the key busy as `claim_orphan_of` does.
+    pub fn claim_orphan_key(&mut self, key: &str) -> OrphanClaim {
+        let claimed = match self.orphans.get_mut(key) {
+            None => return OrphanClaim::None,
+            Some(orphan) if orphan.deleting => return OrphanClaim::InFlight,
+            Some(orphan) => {
+                orphan.deleting = true;
+                orphan.clone()
+            }
+        };
+        self.mark_busy(key);
+        OrphanClaim::Claimed(claimed)
     }
 
-    /// Takes `key` out of the orphans, if it is one (a new entry is made under it: the old
-    /// object must go first).
-    pub fn take_orphan_key(&mut self, key: &str) -> Option<Orphan> {
-        self.orphans.remove(key)
+    /// Ends a claim: the record goes when the object was deleted, and stays (hidden, to be
+    /// deleted at the unmount) when it was not. The caller unmarks the key.
+    pub fn finish_orphan_claim(&mut self, key: &str, deleted: bool) {
+        if deleted {
+            self.orphans.remove(key);
+        } else if let Some(orphan) = self.orphans.get_mut(key) {
+            orphan.deleting = false;
+        }
     }
 
     /// Every orphan key (unmount deletes them).

@@ -325,10 +325,6 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotFound);
         }
         let key = child_key(&parent_key, name)?;
-        if self.inodes.lock().unwrap().is_orphan_key(&key) {
-            // Unlinked while open: the object waits for the last close, the name is gone.
-            return Err(FsError::NotFound);
-        }
         let mut answer = self.snapshots.answer(parent, name);
         if answer == SnapshotAnswer::Stale {
             self.renew_snapshot(parent, &parent_key).await?;
@@ -340,8 +336,13 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotFound);
         }
         metrics().cache_lookup(Cache::Metadata, false);
-        let found = self.probe(&key).await;
+        let mut found = self.probe(&key).await;
         let mut inodes = self.inodes.lock().unwrap();
+        if matches!(&found, Ok((found_key, _)) if *found_key == key && inodes.is_orphan_key(&key)) {
+            // A file unlinked while open: its object waits for the last close, the name is
+            // gone. (A directory made under the name since is found.)
+            found = Err(FsError::NotFound);
+        }
         match found {
             Ok((entry_key, attrs)) => {
                 let inode =

@@ -14,7 +14,7 @@ use tracing::{debug, error};
 use super::attrs::{posix_headers, Attributes, Kind};
 use super::copy::ServerCopy;
 use super::error::{FsError, FsResult};
-use super::inode::Orphan;
+use super::inode::{Orphan, OrphanClaim};
 use super::names::{child_key, validate_component};
 use super::patch::Base;
 use super::read::FileReader;
@@ -25,6 +25,8 @@ use crate::store::{ObjectStore, PutOptions, StoreError};
 
 /// Keys copied (then deleted) at once when renaming a directory.
 const RENAME_CONCURRENCY: usize = 16;
+/// Tries to delete an unlinked file's object at the unmount (its last chance).
+const ORPHAN_DELETE_TRIES_AT_UNMOUNT: u32 = 3;
 
 /// Keys marked busy in the inode table for as long as this lives (see `InodeTable::busy`).
 pub(super) struct BusyKeys<'a, S> {
@@ -682,25 +684,20 @@ impl<S: ObjectStore> Fs<S> {
                 break;
             }
         }
-        if !self.has_open_handles(ino) {
-            // Taken out and held busy in one critical section: no new file can be made under
-            // the key until its old object is gone (a create in between would be deleted).
-            let orphan = {
-                let mut inodes = self.inodes.lock().unwrap();
-                let key = inodes.take_orphan_of(ino);
-                if let Some((key, _)) = &key {
-                    inodes.mark_busy(key);
-                }
-                key
-            };
-            if let Some((key, orphan)) = orphan {
-                let _busy = BusyKeys::adopt(self, vec![key.clone()]);
-                // The last handle of a file unlinked while open: its object goes now. If that
-                // fails it stays an orphan (hidden), and the unmount tries again.
-                if let Err(e) = self.delete_orphan(&key, &orphan).await {
-                    error!(key, "an unlinked file's object could not be deleted: {e}");
-                    self.inodes.lock().unwrap().keep_orphan(key, orphan);
-                }
+        self.delete_orphan_after_last_close(ino).await;
+    }
+
+    /// When no handle of `ino` is open any more and it was unlinked while open, its object
+    /// goes now (if S3 still holds the version that was unlinked). If that fails it stays an
+    /// orphan (hidden), and the unmount tries again.
+    async fn delete_orphan_after_last_close(&self, ino: u64) {
+        if self.has_open_handles(ino) {
+            return;
+        }
+        let claimed = self.inodes.lock().unwrap().claim_orphan_of(ino);
+        if let Some((key, orphan)) = claimed {
+            if let Err(e) = self.delete_claimed_orphan(&key, &orphan, true).await {
+                error!(key, "an unlinked file's object could not be deleted: {e}");
             }
         }
     }
@@ -1009,6 +1006,10 @@ impl<S: ObjectStore> Fs<S> {
             self.snapshots.remove(parent, name);
             self.negative.insert(parent, name);
             self.touch_dir(parent);
+            drop(_busy);
+            // The last handle may have closed while the object was looked at above, before
+            // the orphan was recorded: its close found nothing to delete.
+            self.delete_orphan_after_last_close(entry.ino).await;
             return Ok(());
         }
         // Deleted even when the file was only in this mount: a rename that failed midway may
@@ -1047,30 +1048,37 @@ impl<S: ObjectStore> Fs<S> {
 
     /// A new entry is about to be made under `key`: the object of a file unlinked while open
     /// that waits there for its last close is deleted first, so it cannot come back nor be
-    /// deleted later over the new one.
+    /// deleted later over the new one. EBUSY while another request is deleting it.
     pub(super) async fn settle_orphan(&self, key: &str) -> FsResult<()> {
-        // Taken out and held busy in one critical section: a second new file under the key
-        // waits (EBUSY) rather than being deleted by this delete.
-        let orphan = {
-            let mut inodes = self.inodes.lock().unwrap();
-            let orphan = inodes.take_orphan_key(key);
-            if orphan.is_some() {
-                inodes.mark_busy(key);
-            }
-            orphan
-        };
-        if let Some(orphan) = orphan {
-            let _busy = BusyKeys::adopt(self, vec![key.to_string()]);
-            if let Err(e) = self.delete_if_there(key).await {
-                // Still an orphan: hidden, and deleted at the last close or the unmount.
-                self.inodes
-                    .lock()
-                    .unwrap()
-                    .keep_orphan(key.to_string(), orphan);
-                return Err(e);
-            }
+        let claim = self.inodes.lock().unwrap().claim_orphan_key(key);
+        match claim {
+            OrphanClaim::None => Ok(()),
+            OrphanClaim::InFlight => Err(FsError::Busy),
+            OrphanClaim::Claimed(orphan) => self.delete_claimed_orphan(key, &orphan, false).await,
         }
-        Ok(())
+    }
+
+    /// Deletes the object of an orphan claimed by `claim_orphan_of` or `claim_orphan_key`
+    /// (`if_unchanged`: only if S3 still holds the version that was unlinked), then ends the
+    /// claim and lets go of its busy key. Until then the key stays hidden, and no new file
+    /// can be made under it that this delete would remove.
+    async fn delete_claimed_orphan(
+        &self,
+        key: &str,
+        orphan: &Orphan,
+        if_unchanged: bool,
+    ) -> FsResult<()> {
+        let _busy = BusyKeys::adopt(self, vec![key.to_string()]);
+        let deleted = if if_unchanged {
+            self.delete_orphan(key, orphan).await
+        } else {
+            self.delete_if_there(key).await
+        };
+        self.inodes
+            .lock()
+            .unwrap()
+            .finish_orphan_claim(key, deleted.is_ok());
+        deleted
     }
 
     /// Deletes the object an unlinked file left for its open handles, unless S3 holds another
@@ -1094,8 +1102,14 @@ impl<S: ObjectStore> Fs<S> {
     pub async fn delete_orphans(&self) {
         let orphans = self.inodes.lock().unwrap().take_all_orphans();
         for (key, orphan) in orphans {
-            if let Err(e) = self.delete_orphan(&key, &orphan).await {
-                error!(key, "an unlinked file's object could not be deleted: {e}");
+            // The last chance: a few tries more than the store's own retries.
+            let mut tries = 1;
+            while let Err(e) = self.delete_orphan(&key, &orphan).await {
+                if tries == ORPHAN_DELETE_TRIES_AT_UNMOUNT {
+                    error!(key, "an unlinked file's object could not be deleted: {e}");
+                    break;
+                }
+                tries += 1;
             }
         }
     }
@@ -1164,15 +1178,13 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotEmpty);
         }
         for object in orphans {
-            let taken = self.inodes.lock().unwrap().take_orphan_key(&object.key);
-            if let Some(orphan) = taken {
-                if let Err(e) = self.delete_if_there(&object.key).await {
-                    // Still an orphan: hidden, and deleted at the last close or the unmount.
-                    self.inodes
-                        .lock()
-                        .unwrap()
-                        .keep_orphan(object.key.clone(), orphan);
-                    return Err(e);
+            let claim = self.inodes.lock().unwrap().claim_orphan_key(&object.key);
+            match claim {
+                OrphanClaim::None => {} // its last close deleted it meanwhile
+                OrphanClaim::InFlight => return Err(FsError::Busy),
+                OrphanClaim::Claimed(orphan) => {
+                    self.delete_claimed_orphan(&object.key, &orphan, false)
+                        .await?
                 }
             }
         }

@@ -1137,3 +1137,4 @@ mod copy_range;
 mod posix;
 mod review;
 mod review_copy;
+mod review_orphan;
