@@ -350,6 +350,28 @@ async fn a_new_file_under_an_unlinked_open_name_replaces_it_for_good() {
     assert_eq!(&read_all(&fs, "f").await.unwrap()[..], b"new");
 }
 
+/// The unmount is an unlinked file's last chance: its delete is tried three times.
+#[tokio::test]
+async fn the_unmount_tries_an_unlinked_files_delete_three_times() {
+    let (store, fs) = fs_with(&[("f", "old"), ("g", "old")], with_disk());
+    for (name, failures) in [("f", 3), ("g", 4)] {
+        let reader = open_path(&fs, name, libc::O_RDONLY).await;
+        fs.unlink(ROOT_INO, OsStr::new(name)).await.unwrap();
+        // The last close's delete fails: the object waits for the unmount.
+        store.fail(Op::Delete, StoreError::Transient("injected".into()), 1);
+        close(&fs, reader).await.unwrap();
+        assert!(store.inner().get(name).is_some());
+        store.fail(
+            Op::Delete,
+            StoreError::Transient("injected".into()),
+            failures - 1,
+        );
+        fs.delete_orphans().await;
+    }
+    assert_eq!(store.inner().get("f"), None, "deleted at the third try");
+    assert!(store.inner().get("g").is_some(), "three tries, no more");
+}
+
 /// Seen in CI's stress run: a create whose delete of the unlinked file's object failed let go
 /// of the orphan, so the object came back under the name and nothing ever deleted it.
 #[tokio::test]
