@@ -307,6 +307,20 @@ impl<W> InodeTable<W> {
             || (key.ends_with('/') && self.busy.keys().any(|b| b.starts_with(key)))
     }
 
+    /// True when a key strictly below the directory prefix `prefix` is busy (a file in it is
+    /// being unlinked, renamed, or its orphan deleted).
+    pub fn busy_below(&self, prefix: &str) -> bool {
+        self.busy
+            .keys()
+            .any(|b| b.len() > prefix.len() && b.starts_with(prefix))
+    }
+
+    /// True when a directory above `key` is busy (being renamed).
+    pub fn busy_above(&self, key: &str) -> bool {
+        key.match_indices('/')
+            .any(|(i, _)| self.key_is_busy(&key[..=i]) && i + 1 < key.len())
+    }
+
     /// True when `ino` is still named, with `key`: nothing renamed or removed it meanwhile.
     pub fn is_current(&self, ino: u64, key: &str) -> bool {
         self.inodes.get(&ino).is_some_and(|i| {
@@ -439,20 +453,30 @@ impl<W> InodeTable<W> {
         let (parent, name) = (inode.parent, inode.name.clone());
         self.detach(parent, &name);
         if let Some((key, etag)) = stored {
-            self.orphans.insert(
-                key,
-                Orphan {
-                    ino,
-                    etag,
-                    deleting: false,
-                },
-            );
+            // A record there already is this file's own (a second unlink raced the first):
+            // kept as it is, in case its deletion is in flight.
+            self.orphans.entry(key).or_insert(Orphan {
+                ino,
+                etag,
+                deleting: false,
+            });
         }
     }
 
     /// True when `key` is the object of a file unlinked while open (hidden from lookups).
     pub fn is_orphan_key(&self, key: &str) -> bool {
         self.orphans.contains_key(key)
+    }
+
+    /// True when the listed object (`key`, `etag`) is an orphan's: the version that was
+    /// unlinked, not one another client wrote under the name since.
+    pub fn is_orphan_object(&self, key: &str, etag: Option<&str>) -> bool {
+        self.orphans
+            .get(key)
+            .is_some_and(|o| match (&o.etag, etag) {
+                (Some(unlinked), Some(listed)) => unlinked == listed,
+                _ => true,
+            })
     }
 
     /// Claims the orphan of the unlinked inode `ino` for deletion, and marks its key busy
@@ -494,9 +518,18 @@ impl<W> InodeTable<W> {
         }
     }
 
-    /// Every orphan key (unmount deletes them).
-    pub fn take_all_orphans(&mut self) -> Vec<(String, Orphan)> {
-        self.orphans.drain().collect()
+    /// Claims every orphan not being deleted already (the unmount deletes them), marking
+    /// their keys busy as `claim_orphan_of` does.
+    pub fn claim_all_orphans(&mut self) -> Vec<(String, Orphan)> {
+        let mut claimed = Vec::new();
+        for (key, orphan) in self.orphans.iter_mut().filter(|(_, o)| !o.deleting) {
+            orphan.deleting = true;
+            claimed.push((key.clone(), orphan.clone()));
+        }
+        for (key, _) in &claimed {
+            self.mark_busy(key);
+        }
+        claimed
     }
 
     /// The kernel dropped `n` references.

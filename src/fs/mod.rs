@@ -336,9 +336,13 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::NotFound);
         }
         metrics().cache_lookup(Cache::Metadata, false);
+        // Asked before and after the probe: the last close may delete the object (and end
+        // the record) while the probe finds it.
+        let was_orphan = self.inodes.lock().unwrap().is_orphan_key(&key);
         let mut found = self.probe(&key).await;
         let mut inodes = self.inodes.lock().unwrap();
-        if matches!(&found, Ok((found_key, _)) if *found_key == key && inodes.is_orphan_key(&key)) {
+        let orphan = was_orphan || inodes.is_orphan_key(&key);
+        if matches!(&found, Ok((found_key, _)) if *found_key == key && orphan) {
             // A file unlinked while open: its object waits for the last close, the name is
             // gone. (A directory made under the name since is found.)
             found = Err(FsError::NotFound);

@@ -53,18 +53,31 @@ impl<'a, S> BusyKeys<'a, S> {
         Ok(Self { fs, keys })
     }
 
-    /// Guards keys the caller marked busy itself (under the same lock as a check).
-    fn adopt(fs: &'a Fs<S>, keys: Vec<String>) -> Self {
-        Self { fs, keys }
+    /// `mark_free` for the rename of the directory `keys[0]`: EBUSY too while a key below
+    /// it is busy (a file in it being unlinked, say, would be moved from under that request).
+    fn mark_free_tree(fs: &'a Fs<S>, keys: Vec<String>) -> FsResult<Self> {
+        let marked = Self::mark_free(fs, keys, None)?;
+        // Checked with the marks in place: whatever marks a key below from now on sees the
+        // directory busy (`mark_unless_moving`), and whatever did before is seen here.
+        if fs.inodes.lock().unwrap().busy_below(&marked.keys[0]) {
+            return Err(FsError::Busy);
+        }
+        Ok(marked)
     }
 
-    fn mark(fs: &'a Fs<S>, keys: Vec<String>) -> Self {
+    /// Marks the file key `key`, unless a directory above it is being renamed (its objects
+    /// are being moved): then EBUSY.
+    fn mark_unless_moving(fs: &'a Fs<S>, key: String) -> FsResult<Self> {
         let mut inodes = fs.inodes.lock().unwrap();
-        for key in &keys {
-            inodes.mark_busy(key);
+        if inodes.busy_above(&key) {
+            return Err(FsError::Busy);
         }
+        inodes.mark_busy(&key);
         drop(inodes);
-        Self { fs, keys }
+        Ok(Self {
+            fs,
+            keys: vec![key],
+        })
     }
 }
 
@@ -74,6 +87,33 @@ impl<S> Drop for BusyKeys<'_, S> {
         for key in &self.keys {
             inodes.unmark_busy(key);
         }
+    }
+}
+
+/// The deletion of an orphan claimed in the inode table (`claim_orphan_of` and co., which
+/// marked its key busy): dropped, it ends the claim (the record goes if `deleted`, else it
+/// stays to be claimed again, also when the request was cancelled) and unmarks the key.
+struct OrphanDeletion<'a, S> {
+    fs: &'a Fs<S>,
+    key: String,
+    deleted: bool,
+}
+
+impl<'a, S> OrphanDeletion<'a, S> {
+    fn adopt(fs: &'a Fs<S>, key: &str) -> Self {
+        Self {
+            fs,
+            key: key.to_string(),
+            deleted: false,
+        }
+    }
+}
+
+impl<S> Drop for OrphanDeletion<'_, S> {
+    fn drop(&mut self) {
+        let mut inodes = self.fs.inodes.lock().unwrap();
+        inodes.finish_orphan_claim(&self.key, self.deleted);
+        inodes.unmark_busy(&self.key);
     }
 }
 
@@ -964,8 +1004,9 @@ impl<S: ObjectStore> Fs<S> {
         }
         let name = validate_component(name)?;
         let key = self.inode_parts(entry.ino)?.2;
-        // No open may become the writer while the name goes.
-        let _busy = BusyKeys::mark(self, vec![key]);
+        // No open may become the writer while the name goes, and no rename of a directory
+        // above may move the object meanwhile.
+        let _busy = BusyKeys::mark_unless_moving(self, key)?;
         // The writer's lock is kept to the end, so no commit can put the file back after it
         // is deleted; it is discarded only once the delete succeeded.
         let writer = self.writer_of(entry.ino);
@@ -1068,16 +1109,13 @@ impl<S: ObjectStore> Fs<S> {
         orphan: &Orphan,
         if_unchanged: bool,
     ) -> FsResult<()> {
-        let _busy = BusyKeys::adopt(self, vec![key.to_string()]);
+        let mut claim = OrphanDeletion::adopt(self, key);
         let deleted = if if_unchanged {
             self.delete_orphan(key, orphan).await
         } else {
             self.delete_if_there(key).await
         };
-        self.inodes
-            .lock()
-            .unwrap()
-            .finish_orphan_claim(key, deleted.is_ok());
+        claim.deleted = deleted.is_ok();
         deleted
     }
 
@@ -1098,18 +1136,26 @@ impl<S: ObjectStore> Fs<S> {
         self.delete_if_there(key).await
     }
 
-    /// Deletes the objects of every file unlinked while open (unmount).
+    /// Deletes the objects of every file unlinked while open (unmount). Each stays hidden
+    /// until it is gone.
     pub async fn delete_orphans(&self) {
-        let orphans = self.inodes.lock().unwrap().take_all_orphans();
+        let orphans = self.inodes.lock().unwrap().claim_all_orphans();
         for (key, orphan) in orphans {
+            let mut claim = OrphanDeletion::adopt(self, &key);
             // The last chance: a few tries more than the store's own retries.
             let mut tries = 1;
-            while let Err(e) = self.delete_orphan(&key, &orphan).await {
-                if tries == ORPHAN_DELETE_TRIES_AT_UNMOUNT {
-                    error!(key, "an unlinked file's object could not be deleted: {e}");
-                    break;
+            loop {
+                match self.delete_orphan(&key, &orphan).await {
+                    Ok(()) => {
+                        claim.deleted = true;
+                        break;
+                    }
+                    Err(e) if tries == ORPHAN_DELETE_TRIES_AT_UNMOUNT => {
+                        error!(key, "an unlinked file's object could not be deleted: {e}");
+                        break;
+                    }
+                    Err(_) => tries += 1,
                 }
-                tries += 1;
             }
         }
     }
@@ -1171,7 +1217,7 @@ impl<S: ObjectStore> Fs<S> {
                 .objects
                 .iter()
                 .filter(|o| o.key != prefix)
-                .partition(|o| inodes.is_orphan_key(&o.key))
+                .partition(|o| inodes.is_orphan_object(&o.key, o.etag.as_deref()))
         };
         let more = below.next_token.is_some() && !orphans.is_empty();
         if !others.is_empty() || !below.prefixes.is_empty() || more {
@@ -1244,6 +1290,9 @@ impl<S: ObjectStore> Fs<S> {
             }
             _ => {}
         }
+        if source.attrs.kind.is_dir() && self.is_same_or_below(new_parent, source.ino) {
+            return Err(FsError::Invalid); // a directory cannot move into itself
+        }
         // No open may become a writer of either name while they move.
         let source_key = self.inode_parts(source.ino)?.2;
         let busy = match source.attrs.kind {
@@ -1257,18 +1306,18 @@ impl<S: ObjectStore> Fs<S> {
             .unwrap()
             .get(source.ino)
             .and_then(|i| i.displaced().map(str::to_string));
-        let _busy = BusyKeys::mark_free(self, busy, own_displaced.as_deref())?;
-        self.settle_orphan(&new_key).await?;
+        let _busy = match source.attrs.kind {
+            Kind::Dir => BusyKeys::mark_free_tree(self, busy)?,
+            _ => BusyKeys::mark_free(self, busy, own_displaced.as_deref())?,
+        };
         match source.attrs.kind.is_dir() {
             false => {
+                self.settle_orphan(&new_key).await?;
                 let dest_ino = dest.as_ref().map(|d| d.ino);
                 self.rename_file(source.ino, dest_ino, new_parent, &new_name_str, new_key)
                     .await?;
             }
             true => {
-                if self.is_same_or_below(new_parent, source.ino) {
-                    return Err(FsError::Invalid);
-                }
                 let source_key = self.inode_parts(source.ino)?.2;
                 let dest_prefix = format!("{new_key}/");
                 debug!(source_key, dest_prefix, "rename directory");
@@ -1454,6 +1503,12 @@ impl<S: ObjectStore> Fs<S> {
                 (o.key, dest, o.size)
             })
             .collect();
+        // An object of a file unlinked while open that waits under a destination key goes
+        // first, as for any new entry (its record would hide the moved file, and its last
+        // close delete it).
+        for (_, dest, _) in &moves {
+            self.settle_orphan(dest).await?;
+        }
         // Boxed and collected first: a lazily mapped stream of borrowing futures trips the
         // compiler's higher-ranked lifetime check when the caller is spawned.
         let copies: Vec<BoxFuture<'_, FsResult<Option<String>>>> = moves

@@ -3,7 +3,7 @@
 //! reviewed; the fix keeps an orphan's record, and its key hidden and busy, until its object
 //! is gone.
 
-use super::posix::with_disk;
+use super::posix::{close, open_path, with_disk};
 use super::*;
 use crate::store::{ListPage, ObjectInfo, PendingUpload, PutOptions, StoreError, StoreResult};
 use crate::store::{ObjectStore, UploadedPart};
@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
 
-/// A memory store whose next HEAD or DELETE (`armed`: ("head"|"delete", key)) waits for `go`;
-/// a held DELETE fails (503) when `fail_held`.
+/// A memory store whose next HEAD or DELETE of a chosen key waits for `go`: before it reaches
+/// the store ("head"/"delete"), or after the store answered ("head-after"). A held DELETE
+/// fails (503) when `fail_held`.
 #[derive(Default)]
 struct Gate {
     inner: MemoryStore,
@@ -50,7 +51,9 @@ impl ObjectStore for Gate {
     }
     async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
         self.hold("head", key).await;
-        self.inner.head(key).await
+        let answer = self.inner.head(key).await;
+        self.hold("head-after", key).await;
+        answer
     }
     async fn list_page(
         &self,
@@ -267,4 +270,134 @@ async fn review_mkdir_over_an_unlinked_open_file_is_hidden() {
     let seen = lookup_path(&fs, "f").await.map(|e| e.attrs.kind);
     super::posix::close(&fs, reader).await.unwrap();
     assert_eq!(seen, Ok(Kind::Dir));
+}
+
+// E. (Was:) A lookup that starts after unlink returned 0 HEADs the orphan's object, the last
+// close deletes it and drops the record, then the lookup checks is_orphan_key: not an orphan
+// any more, so the unlinked name is returned (and cached for the TTL when it is not zero).
+#[tokio::test]
+async fn review_lookup_after_unlink_sees_the_name_when_the_last_close_races() {
+    let store = Arc::new(Gate::default());
+    store.inner.insert("f", "old");
+    let config = FsConfig {
+        metadata_ttl: Duration::ZERO,
+        ..with_disk()
+    };
+    let fs = Fs::new(store.clone(), config);
+    let f = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
+    let reader = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
+    fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
+    // unlink returned 0: from here on, f does not exist.
+    store.arm("head-after", "f");
+    let lookup = fs.lookup(ROOT_INO, OsStr::new("f"));
+    let last_close = async {
+        store.entered.notified().await; // the lookup's HEAD found the orphan's object
+        fs.release(reader).await; // the last close deletes it
+        store.go.notify_one();
+    };
+    let (seen, ()) = tokio::join!(lookup, last_close);
+    assert_eq!(store.inner.get("f"), None);
+    assert_eq!(
+        seen.map(|e| e.ino),
+        Err(FsError::NotFound),
+        "a lookup started after unlink returned 0 found the unlinked name"
+    );
+}
+
+// F. (Was:) unlink(d, "x") of an open file while d is renamed to e (the kernel locks d for the
+// unlink and only the parent for a same-directory rename: they run together). unlink's HEAD
+// of d/x finds nothing (moved), so no orphan is recorded; unlink returns 0 and the file's
+// object stays for good under e/x, visible after the TTL.
+#[tokio::test]
+async fn review_unlink_racing_a_directory_rename_leaves_the_object() {
+    let store = Arc::new(Gate::default());
+    store.inner.insert("d/x", "old");
+    let fs = Fs::new(store.clone(), with_disk());
+    let d = fs.lookup(ROOT_INO, OsStr::new("d")).await.unwrap();
+    let x = fs.lookup(d.ino, OsStr::new("x")).await.unwrap();
+    let reader = fs.open(x.ino, libc::O_RDONLY).await.unwrap();
+    store.arm("head", "d/x");
+    let unlinking = fs.unlink(d.ino, OsStr::new("x"));
+    let renaming = async {
+        store.entered.notified().await; // unlink saw the open handle, HEADs d/x
+        let renamed = fs
+            .rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), false)
+            .await;
+        store.go.notify_one();
+        renamed
+    };
+    let (unlinked, renamed) = tokio::join!(unlinking, renaming);
+    fs.release(reader).await; // the last close
+                              // Now: the rename waits its turn (EBUSY) while a file in the directory is unlinked.
+    assert_eq!((unlinked, renamed), (Ok(()), Err(FsError::Busy)));
+    assert_eq!(
+        store.inner.keys(),
+        Vec::<String>::new(),
+        "unlink of x returned 0, its last handle closed, and its object is still in S3"
+    );
+}
+
+// G. (Was:) `mv d e; mv e d` while a file of d is unlinked but open: the orphan's object and
+// record stay at d/x; a new x made in e (written, closed: acknowledged) is copied to d/x by
+// the second rename (rename_dir settles nothing below the destination, and "d" is absent by
+// the negative cache, so no emptiness check). The record now covers the new file: lookups
+// hide it after the TTL, and rmdir d takes it for an orphan, deletes it and returns 0.
+#[tokio::test]
+async fn review_directory_renamed_back_over_an_orphan_loses_a_new_file() {
+    let (store, fs) = fs_with(&[("d/", ""), ("d/x", "old")], with_disk());
+    let reader = open_path(&fs, "d/x", libc::O_RDONLY).await;
+    let d = lookup_path(&fs, "d").await.unwrap();
+    fs.unlink(d.ino, OsStr::new("x")).await.unwrap();
+    fs.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), false)
+        .await
+        .unwrap();
+    let (_, fh) = fs
+        .create(d.ino, OsStr::new("x"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"precious").await.unwrap();
+    close(&fs, fh).await.unwrap();
+    fs.rename(ROOT_INO, OsStr::new("e"), ROOT_INO, OsStr::new("d"), false)
+        .await
+        .unwrap();
+    assert_eq!(store.inner().get("d/x").as_deref(), Some(&b"precious"[..]));
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the metadata TTL (1 s)
+    let seen = lookup_path(&fs, "d/x").await.map(|e| e.attrs.size);
+    let removed = fs.rmdir(ROOT_INO, OsStr::new("d")).await;
+    fs.release(reader).await;
+    assert_eq!(
+        (seen, removed, store.inner().get("d/x").as_deref()),
+        (Ok(8), Err(FsError::NotEmpty), Some(&b"precious"[..])),
+        "(lookup of d/x, rmdir d, S3's d/x)"
+    );
+}
+
+// H. (Was:) A request dropped while deleting a claimed orphan (BusyKeys is drop-safe,
+// the `deleting` flag is not): the record stays `deleting` for good. The last close cannot
+// claim it, and every create of the name is EBUSY until the unmount.
+#[tokio::test]
+async fn review_a_dropped_claim_leaves_the_name_busy() {
+    let store = Arc::new(Gate::default());
+    store.inner.insert("f", "old");
+    let fs = Fs::new(store.clone(), with_disk());
+    let f = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
+    let reader = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
+    fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
+    store.arm("delete", "f");
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        fs.create(ROOT_INO, OsStr::new("f"), 0o644, ROOT),
+    )
+    .await;
+    assert!(dropped.is_err(), "held, then dropped");
+    fs.release(reader).await; // the last close
+    let again = fs
+        .create(ROOT_INO, OsStr::new("f"), 0o644, ROOT)
+        .await
+        .map(|_| ());
+    assert_eq!(
+        (again, store.inner.get("f").is_some()),
+        (Ok(()), false),
+        "(create after the last close, orphan object still in S3)"
+    );
 }
