@@ -401,3 +401,29 @@ async fn review_a_dropped_claim_leaves_the_name_busy() {
         "(create after the last close, orphan object still in S3)"
     );
 }
+
+// F'. The other order of F: an unlink in a directory whose rename is moving its objects waits
+//     its turn (EBUSY) rather than losing the object to the move.
+#[tokio::test]
+async fn an_unlink_in_a_directory_being_renamed_is_ebusy() {
+    let store = Arc::new(Gate::default());
+    store.inner.insert("d/x", "x");
+    store.inner.insert("d/y", "y");
+    let fs = Fs::new(store.clone(), with_disk());
+    let d = fs.lookup(ROOT_INO, OsStr::new("d")).await.unwrap();
+    fs.lookup(d.ino, OsStr::new("x")).await.unwrap();
+    store.arm("delete", "d/y");
+    let renaming = fs.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), false);
+    let unlinking = async {
+        store.entered.notified().await; // the rename deletes its sources
+        let unlinked = fs.unlink(d.ino, OsStr::new("x")).await;
+        store.go.notify_one();
+        unlinked
+    };
+    let (renamed, unlinked) = tokio::join!(renaming, unlinking);
+    assert_eq!((renamed, unlinked), (Ok(()), Err(FsError::Busy)));
+    assert_eq!(
+        store.inner.keys(),
+        vec!["e/x".to_string(), "e/y".to_string()]
+    );
+}
