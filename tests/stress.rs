@@ -93,6 +93,32 @@ macro_rules! expect {
     };
 }
 
+/// Where two contents differ (for a failure message): the byte ranges, coarsely.
+fn differences(expected: &[u8], held: &[u8]) -> String {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for i in 0..expected.len().min(held.len()) {
+        if expected[i] != held[i] {
+            match ranges.last_mut() {
+                Some((_, end)) if *end + 4096 >= i => *end = i + 1,
+                _ => ranges.push((i, i + 1)),
+            }
+        }
+    }
+    let shown: Vec<String> = ranges
+        .iter()
+        .take(8)
+        .map(|(start, end)| format!("{start}..{end}"))
+        .collect();
+    format!(
+        "; differing at {} (of {} runs; zeros held there: {})",
+        shown.join(", "),
+        ranges.len(),
+        ranges
+            .first()
+            .is_some_and(|(s, e)| held[*s..*e].iter().all(|&b| b == 0))
+    )
+}
+
 /// Runs one filesystem call under the timeout: a hang fails the test with the call's name.
 async fn timed<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(OP_TIMEOUT, fut).await {
@@ -187,9 +213,10 @@ impl Worker {
         expect!(
             self,
             held.as_deref() == Some(&content[..]),
-            "{key}: acknowledged {} bytes, the store holds {:?} bytes",
+            "{key}: acknowledged {} bytes, the store holds {:?} bytes{}",
             content.len(),
-            held.map(|b| b.len())
+            held.as_ref().map(|b| b.len()),
+            differences(&content, held.as_deref().unwrap_or_default())
         );
         self.expect.insert(key, Expect::Bytes(content));
     }
@@ -243,7 +270,7 @@ impl Worker {
             Some(Expect::Bytes(bytes)) if in_place => Some(bytes.clone()),
             _ => None,
         };
-        let opened = if let Ok(entry) = looked_up {
+        let opened = if let Ok(entry) = &looked_up {
             let opened = timed("open", self.fs.open(entry.ino, libc::O_WRONLY)).await;
             match opened {
                 Ok(fh) if keep.is_some() => Ok((entry.ino, fh)),
@@ -271,8 +298,18 @@ impl Worker {
             .map(|(entry, fh)| (entry.ino, fh))
         };
         let keep = keep.filter(|_| existing && opened.is_ok());
+        // What the filesystem and the store hold as the open begins (for a failure's trace).
+        let sizes = match (&looked_up, &opened) {
+            (Ok(entry), Ok((ino, _))) => format!(
+                " [lookup size {}, open size {:?}, store size {:?}]",
+                entry.attrs.size,
+                self.fs.getattr(*ino).await.map(|e| e.attrs.size),
+                self.store.inner().get(&key).map(|b| b.len())
+            ),
+            _ => String::new(),
+        };
         self.trace.push(format!(
-            "{} {key}: {:?}",
+            "{} {key}: {:?}{sizes}",
             match (existing, keep.is_some()) {
                 (true, true) => "open (in place)",
                 (true, false) => "open+truncate",

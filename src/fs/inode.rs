@@ -430,6 +430,16 @@ impl<W> InodeTable<W> {
         }
     }
 
+    /// The attributes of `ino` describe no stored version any more (a writer that failed
+    /// changed its size and times locally): expired, and stripped of the ETag, so nothing
+    /// (a listing of the same version, say) can take them for the object's own.
+    pub fn distrust(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.expires = Instant::now();
+            inode.attrs.etag = None;
+        }
+    }
+
     /// Forgets the name (the entry no longer exists); the inode itself lives on until the
     /// kernel forgets it, so open files keep working.
     pub fn detach(&mut self, parent: u64, name: &str) {

@@ -665,7 +665,10 @@ impl<S: ObjectStore> Fs<S> {
                     .filter(|c| c.kind().is_dir() == e.attrs.kind.is_dir());
                 match known {
                     Some(c) if c.has_writer() || c.is_pending() => e.attrs = c.attrs.clone(),
-                    Some(c) if e.attrs.kind == Kind::Dir || c.attrs.etag == e.attrs.etag => {
+                    Some(c)
+                        if e.attrs.kind == Kind::Dir
+                            || (c.attrs.etag.is_some() && c.attrs.etag == e.attrs.etag) =>
+                    {
                         e.attrs = c.attrs.clone()
                     }
                     _ => unknown.push(i),

@@ -487,7 +487,7 @@ impl<S: ObjectStore> Fs<S> {
             self.snapshots.remove(parent, &name);
             self.negative.insert(parent, &name);
         } else {
-            inodes.expire(ino);
+            inodes.distrust(ino);
         }
     }
 
@@ -542,13 +542,17 @@ impl<S: ObjectStore> Fs<S> {
         };
         let size = guard.size();
         drop(guard);
-        self.note_written(ino, size);
+        self.note_written(ino, &writer, size);
         Ok(written)
     }
 
-    /// The file's content changed to `size` bytes: new size, mtime and ctime.
-    fn note_written(&self, ino: u64, size: u64) {
+    /// The file's content changed to `size` bytes through `writer`: new size, mtime and
+    /// ctime, unless the writer has let go of the file meanwhile (failed, or replaced).
+    fn note_written(&self, ino: u64, writer: &super::SharedWriter<S>, size: u64) {
         let mut inodes = self.inodes.lock().unwrap();
+        if !inodes.is_writer_of(ino, writer) {
+            return;
+        }
         if let Some(inode) = inodes.get(ino) {
             let now = SystemTime::now();
             let attrs = Attributes {
@@ -605,7 +609,7 @@ impl<S: ObjectStore> Fs<S> {
         let size = guard.size();
         drop(guard);
         if copied > 0 {
-            self.note_written(ino, size);
+            self.note_written(ino, &writer, size);
         }
         Ok(copied)
     }

@@ -833,6 +833,37 @@ async fn an_overwrite_leaves_the_old_object_until_it_completes() {
     assert_eq!(store.inner().get("big").unwrap(), old);
 }
 
+/// Seen in the stress test under load: a writer that failed left its local size in the
+/// inode's attributes, next to the stored object's ETag; a listing took them for that
+/// version's, so the next open for writing based its change on the failed writer's size and
+/// an acknowledged close stored zeros over the object's bytes.
+#[tokio::test]
+async fn a_failed_writers_local_size_never_passes_for_the_objects() {
+    let (store, fs) = fs_with(&[("f", "0123456789")], posix::with_disk());
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let failed = posix::open_path(&fs, "f", libc::O_WRONLY).await;
+    let truncate = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    fs.setattr(f.ino, truncate).await.unwrap();
+    fs.write(failed, 0, b"abc").await.unwrap();
+    store.fail(Op::Put, StoreError::Transient("injected".into()), 1);
+    assert!(fs.commit(failed).await.is_err());
+    // A listing of the directory (readdirplus), then a lookup: what S3 holds.
+    assert!(names_in(&fs, "", true).await.iter().any(|(n, _)| n == "f"));
+    let seen = lookup_path(&fs, "f").await.unwrap().attrs.size;
+    // A change in place starts from the stored object.
+    let fh = posix::open_path(&fs, "f", libc::O_WRONLY).await;
+    fs.write(fh, 12, b"!").await.unwrap();
+    posix::close(&fs, fh).await.unwrap();
+    assert!(posix::close(&fs, failed).await.is_err());
+    assert_eq!(
+        (seen, &store.inner().get("f").unwrap()[..]),
+        (10, &b"0123456789\0\0!"[..])
+    );
+}
+
 #[tokio::test]
 async fn a_failed_close_of_a_new_file_leaves_no_name_behind() {
     let (store, fs) = fs_of(&[("kept", "x")]);
