@@ -35,6 +35,9 @@ pub struct Inode<W> {
     displaced: Option<String>,
     /// Unlinked while open: the name is gone, the inode lives on for its open handles.
     unlinked: bool,
+    /// When its attributes were last set, in `InodeTable::stamp` units: a store answer asked
+    /// for before then is older than what the inode holds (see `changed_since`).
+    stamp: u64,
 }
 
 impl<W> Inode<W> {
@@ -65,6 +68,8 @@ impl<W> Inode<W> {
 }
 
 pub struct InodeTable<W> {
+    /// Counts attribute changes (see `Inode::stamp`).
+    stamp: u64,
     next_ino: u64,
     inodes: HashMap<u64, Inode<W>>,
     children: HashMap<(u64, String), u64>,
@@ -116,8 +121,10 @@ impl<W> InodeTable<W> {
             pending: false,
             displaced: None,
             unlinked: false,
+            stamp: 0,
         };
         Self {
+            stamp: 0,
             next_ino: ROOT_INO + 1,
             inodes: HashMap::from([(ROOT_INO, root)]),
             children: HashMap::new(),
@@ -149,6 +156,22 @@ impl<W> InodeTable<W> {
         expires: Instant,
         counted: bool,
     ) -> &Inode<W> {
+        self.upsert_child_since(parent, name, key, attrs, expires, counted, u64::MAX)
+    }
+
+    /// `upsert_child` with attributes the store gave for a question asked at `stamp`: an
+    /// existing inode whose attributes changed since keeps them (they are newer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn upsert_child_since(
+        &mut self,
+        parent: u64,
+        name: &str,
+        key: String,
+        attrs: Attributes,
+        expires: Instant,
+        counted: bool,
+        stamp: u64,
+    ) -> &Inode<W> {
         let map_key = (parent, name.to_string());
         let existing = self
             .children
@@ -157,13 +180,18 @@ impl<W> InodeTable<W> {
             .filter(|ino| self.inodes.get(ino).map(|i| i.kind()) == Some(attrs.kind));
         let ino = match existing {
             Some(ino) => {
+                self.stamp += 1;
                 let inode = self.inodes.get_mut(&ino).expect("mapped inode exists");
-                inode.attrs = attrs;
-                inode.key = key;
-                inode.expires = expires;
+                if inode.stamp <= stamp {
+                    inode.attrs = attrs;
+                    inode.key = key;
+                    inode.expires = expires;
+                    inode.stamp = self.stamp;
+                }
                 ino
             }
             None => {
+                self.stamp += 1;
                 let ino = self.next_ino;
                 self.next_ino += 1;
                 self.detach(parent, name);
@@ -181,6 +209,7 @@ impl<W> InodeTable<W> {
                         pending: false,
                         displaced: None,
                         unlinked: false,
+                        stamp: self.stamp,
                     },
                 );
                 self.children.insert(map_key, ino);
@@ -202,10 +231,24 @@ impl<W> InodeTable<W> {
     }
 
     pub fn set_attrs(&mut self, ino: u64, attrs: Attributes, expires: Instant) {
+        self.stamp += 1;
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.attrs = attrs;
             inode.expires = expires;
+            inode.stamp = self.stamp;
         }
+    }
+
+    /// Now, in attribute-change units: taken before asking the store about an inode, and
+    /// given to `changed_since` with the answer.
+    pub fn stamp(&self) -> u64 {
+        self.stamp
+    }
+
+    /// True when the attributes of `ino` were set after `stamp` (a commit or a write of this
+    /// mount, say, while a HEAD was on its way): a store answer from before is older.
+    pub fn changed_since(&self, ino: u64, stamp: u64) -> bool {
+        self.inodes.get(&ino).is_some_and(|i| i.stamp > stamp)
     }
 
     /// Moves `ino` to `new_name` in `new_parent` (rename): whatever that name held is detached.

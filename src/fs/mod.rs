@@ -338,7 +338,10 @@ impl<S: ObjectStore> Fs<S> {
         metrics().cache_lookup(Cache::Metadata, false);
         // Asked before and after the probe: the last close may delete the object (and end
         // the record) while the probe finds it.
-        let was_orphan = self.inodes.lock().unwrap().is_orphan_key(&key);
+        let (was_orphan, stamp) = {
+            let inodes = self.inodes.lock().unwrap();
+            (inodes.is_orphan_key(&key), inodes.stamp())
+        };
         let mut found = self.probe(&key).await;
         let mut inodes = self.inodes.lock().unwrap();
         let orphan = was_orphan || inodes.is_orphan_key(&key);
@@ -349,14 +352,31 @@ impl<S: ObjectStore> Fs<S> {
         }
         match found {
             Ok((entry_key, attrs)) => {
-                let inode =
-                    inodes.upsert_child(parent, name, entry_key, attrs, self.expiry(), counted);
+                // Attributes this mount set while the probe ran (a commit) are newer: kept.
+                let expiry = self.expiry();
+                let inode = inodes
+                    .upsert_child_since(parent, name, entry_key, attrs, expiry, counted, stamp);
                 Ok(Entry {
                     ino: inode.ino,
                     attrs: inode.attrs.clone(),
                 })
             }
             Err(FsError::NotFound) => {
+                // A file this mount made or changed under the name while the probe ran is
+                // newer than the answer.
+                if let Some(child) = inodes
+                    .child(parent, name)
+                    .filter(|c| inodes.changed_since(c.ino, stamp))
+                {
+                    let entry = Entry {
+                        ino: child.ino,
+                        attrs: child.attrs.clone(),
+                    };
+                    if counted {
+                        inodes.add_lookup(entry.ino);
+                    }
+                    return Ok(entry);
+                }
                 inodes.detach(parent, name);
                 self.negative.insert(parent, name);
                 Err(FsError::NotFound)
@@ -467,10 +487,17 @@ impl<S: ObjectStore> Fs<S> {
         ino: u64,
         key: &str,
     ) -> FsResult<(Attributes, HashMap<String, String>)> {
+        let stamp = self.inodes.lock().unwrap().stamp();
         match self.store.head(key).await {
             Ok(info) => {
                 let attrs = Attributes::file(&info, &self.config.defaults);
                 let mut inodes = self.inodes.lock().unwrap();
+                if inodes.changed_since(ino, stamp) {
+                    // This mount changed the file while the HEAD ran (a commit): its own
+                    // attributes are newer than the answer.
+                    let attrs = inodes.get(ino).ok_or(FsError::NotFound)?.attrs.clone();
+                    return Ok((attrs, info.user_metadata));
+                }
                 if let Some(inode) = inodes.get(ino).filter(|i| i.kind() != attrs.kind) {
                     // Listed as a file, but its metadata says symlink (or the reverse): one
                     // inode must not change type, so the name is looked up again (the kernel
@@ -484,6 +511,10 @@ impl<S: ObjectStore> Fs<S> {
             }
             Err(StoreError::NotFound) => {
                 let mut inodes = self.inodes.lock().unwrap();
+                if inodes.changed_since(ino, stamp) {
+                    let attrs = inodes.get(ino).ok_or(FsError::NotFound)?.attrs.clone();
+                    return Ok((attrs, HashMap::new()));
+                }
                 if let Some(inode) = inodes.get(ino) {
                     let (parent, name) = (inode.parent, inode.name.clone());
                     inodes.detach(parent, &name);

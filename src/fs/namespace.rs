@@ -229,6 +229,27 @@ impl<S: ObjectStore> Fs<S> {
         ))
     }
 
+    /// `inode_parts` with attributes that describe what S3 holds: the cached ones while they
+    /// are fresh or this mount's own (a writer, a file only here or unlinked), else asked for
+    /// again (those a failed writer left, say, describe nothing stored).
+    pub(super) async fn current_parts(
+        &self,
+        ino: u64,
+    ) -> FsResult<(u64, String, String, Attributes)> {
+        let (parent, name, key, attrs, fresh) = self.inode_parts(ino)?;
+        let own = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .is_some_and(|i| i.has_writer() || i.is_pending() || i.is_unlinked());
+        if fresh || own || attrs.kind == Kind::Dir {
+            return Ok((parent, name, key, attrs));
+        }
+        let attrs = self.refresh_file_info(ino, &key).await?.0;
+        Ok((parent, name, key, attrs))
+    }
+
     pub(super) fn touch_dir(&self, dir: u64) {
         let mut inodes = self.inodes.lock().unwrap();
         if let Some(inode) = inodes.get(dir) {
@@ -775,7 +796,7 @@ impl<S: ObjectStore> Fs<S> {
     /// self-copy with the new metadata (other metadata kept).
     pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Entry> {
         self.check_writable()?;
-        let (_, name, key, attrs, _) = self.inode_parts(ino)?;
+        let (_, name, key, attrs) = self.current_parts(ino).await?;
         debug!(key, ?change, "setattr");
         let writer = self.writer_of(ino);
         let mut new_attrs = attrs.clone();
@@ -817,11 +838,25 @@ impl<S: ObjectStore> Fs<S> {
                 };
                 match guard.as_mut() {
                     Some(guard) if size == 0 => {
-                        guard.truncate().await?;
+                        if let Err(e) = guard.truncate().await {
+                            if guard.is_failed() {
+                                self.writer_failed(ino, writer.as_ref().expect("locked"));
+                            }
+                            return Err(e);
+                        }
                         // Any upload was aborted: nothing completes under an old name now.
                         self.inodes.lock().unwrap().set_displaced(ino, None);
                     }
-                    Some(guard) => guard.truncate_to(size).await?,
+                    Some(guard) => {
+                        if let Err(e) = guard.truncate_to(size).await {
+                            // A part of zeros that failed fails the writer: the file shows
+                            // what S3 holds again, as after a failed close.
+                            if guard.is_failed() {
+                                self.writer_failed(ino, writer.as_ref().expect("locked"));
+                            }
+                            return Err(e);
+                        }
+                    }
                     // Unlinked, and nobody writes it: its key may be another file's now.
                     None if self
                         .inodes
@@ -919,7 +954,7 @@ impl<S: ObjectStore> Fs<S> {
     /// posix_fallocate (mode 0): the file grows to at least `end` bytes (zeros); S3 has no
     /// space to reserve, so nothing else happens.
     pub async fn allocate(&self, ino: u64, end: u64) -> FsResult<()> {
-        let size = self.inode_parts(ino)?.3.size;
+        let size = self.current_parts(ino).await?.3.size;
         if end > size {
             let change = SetAttr {
                 size: Some(end),
@@ -1385,7 +1420,10 @@ impl<S: ObjectStore> Fs<S> {
         };
         debug!(source_key, new_key, "rename");
         let mut new_etag = None;
-        let dirty = source_guard.as_ref().is_some_and(|g| g.is_dirty());
+        // A failed writer will store nothing: the file is what S3 holds, and moves as such.
+        let dirty = source_guard
+            .as_ref()
+            .is_some_and(|g| g.is_dirty() && !g.is_failed());
         // A file changed in place needs its old object (the base of the change) under the new
         // name too: it is copied now, like a clean file, and the change follows it.
         let patch_base = source_guard.as_ref().and_then(|g| g.patch_base_size());

@@ -1167,5 +1167,6 @@ mod archive;
 mod copy_range;
 mod posix;
 mod review;
+mod review_attrs;
 mod review_copy;
 mod review_orphan;

@@ -203,7 +203,7 @@ impl<S: ObjectStore> Fs<S> {
         ino: u64,
         change: impl FnOnce(&mut HashMap<String, String>) -> FsResult<()>,
     ) -> FsResult<Entry> {
-        let (_, name, key, mut attrs, _) = self.inode_parts(ino)?;
+        let (_, name, key, mut attrs) = self.current_parts(ino).await?;
         let mut metadata = self.current_metadata(ino).await?;
         change(&mut metadata)?;
         attrs.ctime = std::time::SystemTime::now();
