@@ -328,7 +328,8 @@ impl<S: ObjectStore> Fs<S> {
                 if existing.has_writer() {
                     return Err(FsError::Busy);
                 }
-                stored = !existing.is_pending() && existing.attrs.etag.is_some();
+                // (Whatever its cached ETag says: a failed writer's attributes have none.)
+                stored = !existing.is_pending();
             }
             if inodes.key_is_busy(&key) {
                 // Being renamed or unlinked right now, or a renamed file's upload still

@@ -285,3 +285,25 @@ async fn review_a_slow_lookup_overwrites_a_commit_made_meanwhile() {
         );
     }
 }
+
+/// 5. (Found with the fix of 1-3, which strips a failed writer's ETag.) create(2) over a name
+///    whose cached attributes have no ETag took the file for one only in this mount: when its
+///    upload failed, the name S3 still holds disappeared.
+#[tokio::test]
+async fn review_a_failed_create_over_a_failed_writers_file_hides_the_stored_object() {
+    let (store, fs) = fs_with(&[("f", "0123456789")], with_disk());
+    let f = lookup_path(&fs, "f").await.unwrap();
+    failed_truncating_write(&store, &fs, f.ino, b"abc").await;
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("f"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"new").await.unwrap();
+    store.fail(Op::Put, StoreError::Transient("injected".into()), 1);
+    assert!(close(&fs, fh).await.is_err());
+    assert_eq!(
+        lookup_path(&fs, "f").await.map(|e| e.attrs.size),
+        Ok(10),
+        "the failed create leaves the stored object showing"
+    );
+}
