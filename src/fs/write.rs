@@ -816,15 +816,16 @@ impl<S: ObjectStore> FileWriter<S> {
             .await;
         match moved {
             Ok(etag) => {
-                if let Err(e) = self.store.delete(&upload_key).await {
-                    warn!(key = %upload_key, "removing the pre-rename copy failed: {e}");
+                // A copy left there would bring the old name back: a few tries.
+                if let Err(e) = delete_tried(self.store.as_ref(), &upload_key).await {
+                    error!(key = %upload_key, "removing the pre-rename copy failed: {e}");
                 }
                 Ok(etag)
             }
             Err(e) => {
                 // The close reports the failure: nothing may stay behind under a name the
                 // file no longer has.
-                if let Err(delete) = self.store.delete(&upload_key).await {
+                if let Err(delete) = delete_tried(self.store.as_ref(), &upload_key).await {
                     error!(
                         key = %self.key,
                         stored_under = %upload_key,
@@ -994,6 +995,21 @@ impl<S: ObjectStore> FileWriter<S> {
         };
         self.state = State::Failed(error.clone());
         error
+    }
+}
+
+/// Tries to delete a stray copy of a file renamed while being written.
+const STRAY_DELETE_TRIES: u32 = 3;
+
+/// Deletes `key` (gone already counts as deleted), trying `STRAY_DELETE_TRIES` times.
+async fn delete_tried<S: ObjectStore>(store: &S, key: &str) -> StoreResult<()> {
+    let mut tries = 1;
+    loop {
+        match store.delete(key).await {
+            Ok(()) | Err(crate::store::StoreError::NotFound) => return Ok(()),
+            Err(e) if tries == STRAY_DELETE_TRIES => return Err(e),
+            Err(_) => tries += 1,
+        }
     }
 }
 
