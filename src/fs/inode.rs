@@ -61,6 +61,12 @@ impl<W> Inode<W> {
         self.unlinked
     }
 
+    /// Its attributes are this mount's own state: a stored version's (with its ETag), or
+    /// those of a file being written, only here, or unlinked.
+    fn holds_own_attrs(&self) -> bool {
+        self.attrs.etag.is_some() || self.writer.is_some() || self.pending || self.unlinked
+    }
+
     /// Where this file's renamed-away upload completes, if anywhere.
     pub fn displaced(&self) -> Option<&str> {
         self.displaced.as_deref()
@@ -182,7 +188,7 @@ impl<W> InodeTable<W> {
             Some(ino) => {
                 self.stamp += 1;
                 let inode = self.inodes.get_mut(&ino).expect("mapped inode exists");
-                if inode.stamp <= stamp {
+                if inode.stamp <= stamp || !inode.holds_own_attrs() {
                     inode.attrs = attrs;
                     inode.key = key;
                     inode.expires = expires;
@@ -245,10 +251,14 @@ impl<W> InodeTable<W> {
         self.stamp
     }
 
-    /// True when the attributes of `ino` were set after `stamp` (a commit or a write of this
-    /// mount, say, while a HEAD was on its way): a store answer from before is older.
+    /// True when the attributes of `ino` were set after `stamp` by this mount (a commit, or
+    /// a write of its writer, while a HEAD was on its way) and still describe its own state:
+    /// a store answer from before is older. Attributes a failed writer left (distrusted: no
+    /// ETag, no writer) are not: the answer is taken.
     pub fn changed_since(&self, ino: u64, stamp: u64) -> bool {
-        self.inodes.get(&ino).is_some_and(|i| i.stamp > stamp)
+        self.inodes
+            .get(&ino)
+            .is_some_and(|i| i.stamp > stamp && i.holds_own_attrs())
     }
 
     /// Moves `ino` to `new_name` in `new_parent` (rename): whatever that name held is detached.

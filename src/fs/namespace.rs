@@ -43,7 +43,8 @@ impl<'a, S> BusyKeys<'a, S> {
         let conflict = keys
             .last()
             .is_some_and(|dest| Some(dest.as_str()) != own && inodes.busy_at_or_below(dest));
-        if conflict {
+        // Nor out of or into a directory being renamed (its objects are being moved).
+        if conflict || keys.iter().any(|key| inodes.busy_above(key)) {
             return Err(FsError::Busy);
         }
         for key in &keys {

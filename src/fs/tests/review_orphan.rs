@@ -13,7 +13,8 @@ use std::ops::Range;
 
 /// A memory store whose next HEAD or DELETE of a chosen key waits for `go`: before it reaches
 /// the store ("head"/"delete"), or after the store answered ("head-after"). A held DELETE
-/// fails (503) when `fail_held`.
+/// fails (503) when `fail_held`. A copy of a chosen source can be held after it is done
+/// ("copy-after").
 #[derive(Default)]
 struct Gate {
     inner: MemoryStore,
@@ -21,6 +22,8 @@ struct Gate {
     entered: tokio::sync::Notify,
     go: tokio::sync::Notify,
     fail_held: std::sync::atomic::AtomicBool,
+    /// While set, every PUT fails (503).
+    fail_put: std::sync::atomic::AtomicBool,
 }
 
 impl Gate {
@@ -68,6 +71,9 @@ impl ObjectStore for Gate {
         self.inner.get_range(key, r, m).await
     }
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
+        if self.fail_put.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Transient("503".into()));
+        }
         self.inner.put(key, body, opts).await
     }
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -119,7 +125,9 @@ impl ObjectStore for Gate {
         self.inner.presign_get(key, expires).await
     }
     async fn copy(&self, s: &str, d: &str, o: &PutOptions, r: bool) -> StoreResult<Option<String>> {
-        self.inner.copy(s, d, o, r).await
+        let answer = self.inner.copy(s, d, o, r).await;
+        self.hold("copy-after", s).await;
+        answer
     }
 }
 
@@ -425,5 +433,84 @@ async fn an_unlink_in_a_directory_being_renamed_is_ebusy() {
     assert_eq!(
         store.inner.keys(),
         vec!["e/x".to_string(), "e/y".to_string()]
+    );
+}
+
+// I. (Was:) A directory rename marks "d/" busy, but a rename of a file OUT of d only checks its
+//    destination: it runs while the directory's objects are being copied, and the file
+//    ends up under both names (the renamed-away name comes back under the new directory).
+#[tokio::test]
+async fn review_file_renamed_out_of_a_renaming_directory_exists_twice() {
+    let store = Arc::new(Gate::default());
+    store.inner.insert("d/f", "data");
+    let fs = Fs::new(store.clone(), FsConfig::default());
+    let d = fs.lookup(ROOT_INO, OsStr::new("d")).await.unwrap();
+    fs.lookup(d.ino, OsStr::new("f")).await.unwrap();
+    store.arm("copy-after", "d/f");
+    let dir_rename = fs.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), false);
+    let file_rename = async {
+        store.entered.notified().await; // d/f copied to e/f, not yet deleted
+        let r = fs
+            .rename(d.ino, OsStr::new("f"), ROOT_INO, OsStr::new("x"), false)
+            .await;
+        store.go.notify_one();
+        r
+    };
+    let (dir, file) = tokio::join!(dir_rename, file_rename);
+    let keys = store.inner.keys();
+    assert!(
+        !(keys.contains(&"e/f".to_string()) && keys.contains(&"x".to_string())),
+        "dir rename {dir:?}, file rename {file:?}: S3 holds {keys:?}"
+    );
+}
+
+async fn failed_write(fs: &Fs<Gate>, ino: u64, store: &Gate) {
+    store
+        .fail_put
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let fh = fs.open(ino, libc::O_WRONLY).await.unwrap();
+    fs.write(fh, 0, b"0123456789").await.unwrap();
+    assert!(fs.commit(fh).await.is_err(), "close must fail");
+    fs.release(fh).await;
+    store
+        .fail_put
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+// J. (Was:) The stamps make current_parts (chmod) take a failed writer's local attributes for the
+//    object's: the writer wrote while chmod's HEAD ran, so the HEAD answer is refused as
+//    "older"; chmod then stores them with a fresh expiry: getattr shows 10 bytes, S3 has 3.
+#[tokio::test]
+async fn review_chmod_revives_a_failed_writers_size_through_the_stamp() {
+    let store = Arc::new(Gate::default());
+    store.inner.insert("f", "old");
+    let fs = Fs::new(
+        store.clone(),
+        FsConfig {
+            metadata_ttl: Duration::from_secs(60),
+            ..super::posix::with_disk()
+        },
+    );
+    let f = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
+    failed_write(&fs, f.ino, &store).await; // attributes distrusted (expired)
+    store.arm("head", "f");
+    let chmod = fs.setattr(
+        f.ino,
+        SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+    );
+    let writer = async {
+        store.entered.notified().await; // chmod asks S3 for the current attributes
+        failed_write(&fs, f.ino, &store).await;
+        store.go.notify_one();
+    };
+    let (chmod, ()) = tokio::join!(chmod, writer);
+    let size = fs.getattr(f.ino).await.unwrap().attrs.size;
+    assert_eq!(
+        (size, store.inner.get("f").map(|b| b.len())),
+        (3, Some(3)),
+        "chmod {chmod:?}: getattr size vs S3 size"
     );
 }
