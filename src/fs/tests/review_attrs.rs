@@ -3,14 +3,9 @@
 //! being used as the base of a change, a read's size, or a truncate's shortcut. Each failed
 //! on the code as reviewed.
 
+use super::gate::Gate;
 use super::posix::{close, with_disk};
 use super::*;
-use crate::store::{
-    ListPage, ObjectInfo, ObjectStore, PendingUpload, PutOptions, StoreResult, UploadedPart,
-};
-use async_trait::async_trait;
-use bytes::Bytes;
-use std::ops::Range;
 
 /// A truncating open that wrote `data`, whose close failed (S3 keeps the old object).
 async fn failed_truncating_write(
@@ -124,107 +119,6 @@ async fn review_rename_after_a_failed_ftruncate_deletes_the_stored_object() {
     );
 }
 
-/// A memory store whose next HEAD of "f" answers what it read only when the test lets it go
-/// (a response in flight).
-#[derive(Default)]
-struct SlowHead {
-    inner: MemoryStore,
-    armed: std::sync::atomic::AtomicBool,
-    entered: tokio::sync::Notify,
-    go: tokio::sync::Notify,
-}
-
-#[async_trait]
-impl ObjectStore for SlowHead {
-    async fn check_bucket(&self) -> StoreResult<()> {
-        self.inner.check_bucket().await
-    }
-    async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
-        let answer = self.inner.head(key).await;
-        if key == "f" && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            self.entered.notify_one();
-            self.go.notified().await;
-        }
-        answer
-    }
-    async fn list_page(
-        &self,
-        prefix: &str,
-        delimited: bool,
-        token: Option<String>,
-        max_keys: Option<i32>,
-    ) -> StoreResult<ListPage> {
-        self.inner
-            .list_page(prefix, delimited, token, max_keys)
-            .await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        self.inner.get_range(key, range, if_match).await
-    }
-    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
-        self.inner.put(key, body, opts).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
-    }
-    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
-        self.inner.create_multipart(key, opts).await
-    }
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<UploadedPart> {
-        self.inner.upload_part(key, upload_id, number, body).await
-    }
-    async fn upload_part_copy(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        source: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<UploadedPart> {
-        self.inner
-            .upload_part_copy(key, upload_id, number, source, range, if_match)
-            .await
-    }
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> StoreResult<Option<String>> {
-        self.inner.complete_multipart(key, upload_id, parts).await
-    }
-    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.inner.abort_multipart(key, upload_id).await
-    }
-    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.inner.list_uploads(prefix).await
-    }
-    async fn presign_get(&self, key: &str, expires: Duration) -> StoreResult<String> {
-        self.inner.presign_get(key, expires).await
-    }
-    async fn copy(
-        &self,
-        source: &str,
-        dest: &str,
-        opts: &PutOptions,
-        replace_metadata: bool,
-    ) -> StoreResult<Option<String>> {
-        self.inner.copy(source, dest, opts, replace_metadata).await
-    }
-}
-
 /// 4. A lookup (or getattr) whose HEAD was answered before this mount's own commit of the file
 ///    lands after it: upsert_child / refresh_file_info overwrite the committed attributes with
 ///    the older version's, fresh. The old object was empty, so the next open's base (size 0)
@@ -232,7 +126,7 @@ impl ObjectStore for SlowHead {
 #[tokio::test]
 async fn review_a_slow_lookup_overwrites_a_commit_made_meanwhile() {
     for via_getattr in [true, false] {
-        let store = Arc::new(SlowHead::default());
+        let store = Arc::new(Gate::default());
         store.inner.insert("f", "");
         let config = FsConfig {
             metadata_ttl: Duration::from_millis(100),
@@ -241,7 +135,7 @@ async fn review_a_slow_lookup_overwrites_a_commit_made_meanwhile() {
         let fs = Fs::new(store.clone(), config);
         let f = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await; // the TTL passes
-        store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        store.arm("head-after", "f"); // its answer waits
         let slow = async {
             if via_getattr {
                 fs.getattr(f.ino).await.map(|_| ())
