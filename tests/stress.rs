@@ -171,6 +171,33 @@ impl Worker {
         })
     }
 
+    /// Every traced operation on `key` or on a handle opened under it (for a failure message:
+    /// the last operations may not reach back to where a name's object came from).
+    fn history_of(&self, key: &str) -> String {
+        let mut handles = std::collections::HashSet::new();
+        let mut lines = Vec::new();
+        for line in &self.trace {
+            let names_key = line
+                .split(|c: char| " :\"(),".contains(c))
+                .any(|word| word == key);
+            if names_key {
+                // "create KEY: Ok((ino, fh))": the handle's later operations belong here too.
+                let fh = line
+                    .split("Ok((")
+                    .nth(1)
+                    .and_then(|rest| rest.split(')').next())
+                    .and_then(|pair| pair.split(", ").nth(1));
+                if let Some(fh) = fh {
+                    handles.insert(format!("fh {fh} "));
+                }
+            }
+            if names_key || handles.iter().any(|fh| line.contains(fh.as_str())) {
+                lines.push(line.as_str());
+            }
+        }
+        lines.join("\n  ")
+    }
+
     /// True when the name certainly exists (in the store or as a file being written).
     fn surely_exists(&self, key: &str) -> Option<bool> {
         if self.live_writer_on(key).is_some() {
@@ -213,10 +240,11 @@ impl Worker {
         expect!(
             self,
             held.as_deref() == Some(&content[..]),
-            "{key}: acknowledged {} bytes, the store holds {:?} bytes{}",
+            "{key}: acknowledged {} bytes, the store holds {:?} bytes{}; its history:\n  {}",
             content.len(),
             held.as_ref().map(|b| b.len()),
-            differences(&content, held.as_deref().unwrap_or_default())
+            differences(&content, held.as_deref().unwrap_or_default()),
+            self.history_of(&key)
         );
         self.expect.insert(key, Expect::Bytes(content));
     }
@@ -816,7 +844,12 @@ fn concurrent_random_operations_keep_every_promise() {
                 let held = store.inner().get(key);
                 match expect {
                     Expect::Unknown => continue,
-                    Expect::Absent => expect!(worker, held.is_none(), "{key} should not exist"),
+                    Expect::Absent => expect!(
+                        worker,
+                        held.is_none(),
+                        "{key} should not exist; its history:\n  {}",
+                        worker.history_of(key)
+                    ),
                     Expect::Bytes(bytes) => {
                         let held = held.unwrap_or_else(|| panic!("{key} is missing"));
                         assert!(
