@@ -2,14 +2,11 @@
 //! lose data, blend versions, destroy or leak an object, and asserts what the README promises
 //! instead (each failed on the code as reviewed; all pass since the fixes).
 
+use super::gate::Gate;
 use super::posix::{close, open_path, with_disk};
 use super::*;
 use crate::fs::patch::{Base, PartPlan, PatchFile};
-use crate::store::{ListPage, ObjectInfo, PendingUpload, PutOptions, StoreError, StoreResult};
-use crate::store::{ObjectStore, UploadedPart};
-use async_trait::async_trait;
-use bytes::Bytes;
-use std::ops::Range;
+use crate::store::StoreError;
 
 fn touch(mtime: SystemTime) -> SetAttr {
     SetAttr {
@@ -207,128 +204,15 @@ async fn review_last_close_of_an_unlinked_file_deletes_another_clients_new_objec
 //    key; a create (or rename) under the same name in that window finds no orphan to settle,
 //    commits (close returns 0), and the release's DELETE then removes the new file.
 
-/// A memory store whose next DELETE of one chosen key waits until the test lets it go.
-#[derive(Default)]
-struct GateStore {
-    inner: MemoryStore,
-    armed: std::sync::Mutex<Option<String>>,
-    entered: tokio::sync::Notify,
-    go: tokio::sync::Notify,
-    /// The held DELETE fails (a 503) once let go.
-    fail_held: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait]
-impl ObjectStore for GateStore {
-    async fn check_bucket(&self) -> StoreResult<()> {
-        self.inner.check_bucket().await
-    }
-    async fn head(&self, key: &str) -> StoreResult<ObjectInfo> {
-        self.inner.head(key).await
-    }
-    async fn list_page(
-        &self,
-        prefix: &str,
-        delimited: bool,
-        token: Option<String>,
-        max_keys: Option<i32>,
-    ) -> StoreResult<ListPage> {
-        self.inner
-            .list_page(prefix, delimited, token, max_keys)
-            .await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<Bytes> {
-        self.inner.get_range(key, range, if_match).await
-    }
-    async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
-        self.inner.put(key, body, opts).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        let hold = {
-            let mut armed = self.armed.lock().unwrap();
-            if armed.as_deref() == Some(key) {
-                *armed = None;
-                true
-            } else {
-                false
-            }
-        };
-        if hold {
-            self.entered.notify_one();
-            self.go.notified().await;
-            if self.fail_held.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StoreError::Transient("503".into()));
-            }
-        }
-        self.inner.delete(key).await
-    }
-    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
-        self.inner.create_multipart(key, opts).await
-    }
-    async fn upload_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> StoreResult<UploadedPart> {
-        self.inner.upload_part(key, upload_id, number, body).await
-    }
-    async fn upload_part_copy(
-        &self,
-        key: &str,
-        upload_id: &str,
-        number: i32,
-        source: &str,
-        range: Range<u64>,
-        if_match: Option<&str>,
-    ) -> StoreResult<UploadedPart> {
-        self.inner
-            .upload_part_copy(key, upload_id, number, source, range, if_match)
-            .await
-    }
-    async fn complete_multipart(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> StoreResult<Option<String>> {
-        self.inner.complete_multipart(key, upload_id, parts).await
-    }
-    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.inner.abort_multipart(key, upload_id).await
-    }
-    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<PendingUpload>> {
-        self.inner.list_uploads(prefix).await
-    }
-    async fn presign_get(&self, key: &str, expires: Duration) -> StoreResult<String> {
-        self.inner.presign_get(key, expires).await
-    }
-    async fn copy(
-        &self,
-        source: &str,
-        dest: &str,
-        opts: &PutOptions,
-        replace_metadata: bool,
-    ) -> StoreResult<Option<String>> {
-        self.inner.copy(source, dest, opts, replace_metadata).await
-    }
-}
-
 #[tokio::test]
 async fn review_orphan_delete_racing_a_create_deletes_the_new_committed_file() {
-    let store = Arc::new(GateStore::default());
+    let store = Arc::new(Gate::default());
     store.inner.insert("f", "old");
     let fs = Fs::new(store.clone(), with_disk());
     let f = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
     let reader = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
     fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
-    *store.armed.lock().unwrap() = Some("f".to_string());
+    store.arm("delete", "f");
     let last_close = fs.release(reader);
     let new_file = async {
         // The old file's last release is deleting its object now.
@@ -481,7 +365,7 @@ fn review_a_plan_never_has_more_than_ten_thousand_parts() {
 
 #[tokio::test]
 async fn review_a_failed_orphan_delete_racing_a_create_hides_then_deletes_the_new_file() {
-    let store = Arc::new(GateStore::default());
+    let store = Arc::new(Gate::default());
     store.inner.insert("f", "old");
     store
         .fail_held
@@ -494,7 +378,7 @@ async fn review_a_failed_orphan_delete_racing_a_create_hides_then_deletes_the_ne
     let f = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
     let reader = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
     fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
-    *store.armed.lock().unwrap() = Some("f".to_string());
+    store.arm("delete", "f");
     let last_close = fs.release(reader);
     let new_file = async {
         store.entered.notified().await;
@@ -629,13 +513,13 @@ fn review_scattered_one_byte_writes_take_far_more_disk_than_the_cache_bound() {
 
 #[tokio::test]
 async fn review_two_creates_over_an_orphan_lose_the_second_ones_fsynced_bytes() {
-    let store = Arc::new(GateStore::default());
+    let store = Arc::new(Gate::default());
     store.inner.insert("f", "old");
     let fs = Fs::new(store.clone(), with_disk());
     let f = fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
     let reader = fs.open(f.ino, libc::O_RDONLY).await.unwrap();
     fs.unlink(ROOT_INO, OsStr::new("f")).await.unwrap();
-    *store.armed.lock().unwrap() = Some("f".to_string());
+    store.arm("delete", "f");
     let first = async {
         // Its settle_orphan DELETE is held at the gate.
         fs.create(ROOT_INO, OsStr::new("f"), 0o644, ROOT).await
