@@ -773,7 +773,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let openers = self.openers.clone();
         let opener = process_of(req.pid());
         self.runtime.spawn(async move {
-            match fs.create(parent.0, &name, mode, caller).await {
+            match fs
+                .create_with_flags(parent.0, &name, mode, flags, caller)
+                .await
+            {
                 Ok((entry, fh)) => {
                     if flags & libc::O_ACCMODE == libc::O_RDWR {
                         // Read back what it writes, anywhere: kept on local disk, not streamed.

@@ -165,6 +165,21 @@ impl Attributes {
 
     /// A directory whose marker object carries metadata (mode, owner, times), as mkdir and
     /// chmod of this mount and s3fs write it.
+    /// These attributes with what the POSIX headers `metadata` carries (what a self-copy
+    /// stored): the stored values win over the cached ones.
+    pub fn with_posix_metadata(mut self, metadata: &HashMap<String, String>) -> Self {
+        let meta = PosixMetadata::parse(metadata);
+        if let Some(mode) = meta.mode {
+            self.perm = mode & 0o7777;
+        }
+        self.uid = meta.uid.unwrap_or(self.uid);
+        self.gid = meta.gid.unwrap_or(self.gid);
+        self.mtime = meta.mtime.unwrap_or(self.mtime);
+        self.atime = meta.atime.unwrap_or(self.atime);
+        self.ctime = meta.ctime.unwrap_or(self.ctime);
+        self
+    }
+
     pub fn directory_from_marker(info: &ObjectInfo, defaults: &AttrDefaults) -> Self {
         let meta = PosixMetadata::parse(&info.user_metadata);
         let mtime = meta.mtime.unwrap_or(info.last_modified);

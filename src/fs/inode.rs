@@ -38,6 +38,9 @@ pub struct Inode<W> {
     /// When its attributes were last set, in `InodeTable::stamp` units: a store answer asked
     /// for before then is older than what the inode holds (see `changed_since`).
     stamp: u64,
+    /// A directory: when a name in it last changed in this mount (made, stored, moved in or
+    /// out, removed), in `InodeTable::stamp` units (see `names_stamp`).
+    names: u64,
 }
 
 impl<W> Inode<W> {
@@ -128,6 +131,7 @@ impl<W> InodeTable<W> {
             displaced: None,
             unlinked: false,
             stamp: 0,
+            names: 0,
         };
         Self {
             stamp: 0,
@@ -216,9 +220,11 @@ impl<W> InodeTable<W> {
                         displaced: None,
                         unlinked: false,
                         stamp: self.stamp,
+                        names: self.stamp,
                     },
                 );
                 self.children.insert(map_key, ino);
+                self.names_changed(parent);
                 ino
             }
         };
@@ -245,8 +251,23 @@ impl<W> InodeTable<W> {
         }
     }
 
-    /// Now, in attribute-change units: taken before asking the store about an inode, and
-    /// given to `changed_since` with the answer.
+    /// When a name in the directory `dir` last changed in this mount: a lookup whose store
+    /// answer (not found) was asked for before then may be older than a file made, stored or
+    /// moved there meanwhile.
+    pub fn names_stamp(&self, dir: u64) -> u64 {
+        self.inodes.get(&dir).map_or(u64::MAX, |d| d.names)
+    }
+
+    fn names_changed(&mut self, dir: u64) {
+        self.stamp += 1;
+        if let Some(d) = self.inodes.get_mut(&dir) {
+            d.names = self.stamp;
+        }
+    }
+
+    /// Now, in attribute-change units (every attribute change and every change of a name
+    /// moves it): taken before asking the store about an inode or a name, and given to
+    /// `changed_since` with the answer.
     pub fn stamp(&self) -> u64 {
         self.stamp
     }
@@ -275,6 +296,7 @@ impl<W> InodeTable<W> {
             self.detach(new_parent, new_name);
             return;
         };
+        self.stamp += 1;
         let old = (inode.parent, inode.name.clone());
         if self.children.get(&old) == Some(&ino) {
             self.children.remove(&old);
@@ -295,6 +317,8 @@ impl<W> InodeTable<W> {
         }
         self.children
             .insert((new_parent, new_name.to_string()), ino);
+        self.names_changed(old_parent);
+        self.names_changed(new_parent);
     }
 
     /// Makes `writer` the one writer of `ino`, unless it has one already or its key is busy
@@ -433,6 +457,7 @@ impl<W> InodeTable<W> {
         }
         inode.pending = pending;
         let parent = inode.parent;
+        self.names_changed(parent);
         if pending {
             self.pending.entry(parent).or_default().insert(ino);
         } else {
@@ -476,6 +501,16 @@ impl<W> InodeTable<W> {
         }
     }
 
+    /// Marks the attributes of every inode below the directory prefix `prefix` as stale.
+    pub fn expire_below(&mut self, prefix: &str) {
+        let now = Instant::now();
+        for inode in self.inodes.values_mut() {
+            if inode.key.len() > prefix.len() && inode.key.starts_with(prefix) {
+                inode.expires = now;
+            }
+        }
+    }
+
     /// Marks the attributes of `ino` as stale: the next use asks the store.
     pub fn expire(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
@@ -497,12 +532,29 @@ impl<W> InodeTable<W> {
     /// kernel forgets it, so open files keep working.
     pub fn detach(&mut self, parent: u64, name: &str) {
         if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
+            self.names_changed(parent);
             // A pending entry that lost its name is not "in this mount only" any more: it is
             // nowhere.
             if self.inodes.get(&ino).is_some_and(|i| i.pending) {
                 self.set_pending(ino, false);
             }
         }
+    }
+
+    /// Forgets the name `name` in `parent` only if it is still `ino`'s (what a store answer
+    /// about `ino` may do: a newer file under the name is not `ino`).
+    pub fn detach_if(&mut self, parent: u64, name: &str, ino: u64) {
+        if self.children.get(&(parent, name.to_string())) == Some(&ino) {
+            self.detach(parent, name);
+        }
+    }
+
+    /// The key of the object `ino` left when it was unlinked while open, if one waits.
+    pub fn orphan_key_of(&self, ino: u64) -> Option<String> {
+        self.orphans
+            .iter()
+            .find(|(_, o)| o.ino == ino)
+            .map(|(key, _)| key.clone())
     }
 
     /// `ino` was unlinked while open: its name goes now, its object (`stored`: the key and the

@@ -3,6 +3,7 @@
 
 pub mod attrs;
 pub mod cache;
+mod claims;
 pub mod copy;
 pub mod dir;
 pub mod disk_cache;
@@ -11,6 +12,7 @@ pub mod inode;
 pub mod journal;
 pub mod names;
 pub mod namespace;
+pub mod owner;
 pub mod patch;
 pub mod read;
 pub mod special;
@@ -41,8 +43,12 @@ use inode::InodeTable;
 use inode::ROOT_INO;
 use journal::UploadJournal;
 use names::{child_key, validate_component};
+use owner::Holder;
 use read::{FileReader, ReadContext, ReadTuning};
 use write::FileWriter;
+
+/// Tries of one lookup whose answer a change in its directory overtook (see `lookup_attempt`).
+const LOOKUP_ATTEMPTS: usize = 4;
 
 /// HEADs in flight at once when `stat_metadata` fills in listed files' attributes.
 const STAT_METADATA_CONCURRENCY: usize = 32;
@@ -202,6 +208,8 @@ pub(crate) type SharedWriter<S> = Shared<FileWriter<S>>;
 /// Locks are taken only in this order, and a lock of one level is never taken while one of the
 /// same or a later level is held:
 ///
+/// 0. Key claims (`owner`, see `owner.rs` for the rule): taken all at once, never while
+///    holding anything else, held across the S3 requests that change the claimed keys.
 /// 1. Per-file and per-handle async locks (`tokio::sync::Mutex`): a file's writer, a read
 ///    handle's reader, a directory handle. They may be held across `.await` and network calls.
 ///    At most one of them at a time, except a rename of a file onto a file, which holds both
@@ -219,6 +227,8 @@ pub(crate) type SharedWriter<S> = Shared<FileWriter<S>>;
 pub struct Fs<S> {
     store: Arc<S>,
     config: FsConfig,
+    /// Level 0: who is changing which key in S3 now.
+    owner: owner::KeyOwner,
     /// Level 2: inodes, and the open-for-writing state each one owns.
     inodes: Mutex<InodeTable<tokio::sync::Mutex<FileWriter<S>>>>,
     negative: NegativeCache,
@@ -251,6 +261,7 @@ impl<S: ObjectStore> Fs<S> {
             negative: NegativeCache::new(config.negative_cache_entries, config.metadata_ttl),
             snapshots: DirSnapshots::new(1024, config.metadata_ttl),
             inodes: Mutex::new(InodeTable::new(config.prefix.clone(), root_attrs)),
+            owner: Default::default(),
             store,
             config,
             read_ctx,
@@ -297,12 +308,45 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Looks `name` up in directory `parent`; the kernel holds one more reference on success.
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
-        self.lookup_entry(parent, name, true).await
+        self.lookup_entry(parent, name, true, Holder::default())
+            .await
     }
 
     /// Lookup; `counted` says whether the kernel takes a reference (false for internal use).
-    async fn lookup_entry(&self, parent: u64, name: &OsStr, counted: bool) -> FsResult<Entry> {
+    /// `reader`: the claim of the operation that asks, if it holds one (its own change of
+    /// the name does not hold up its lookups).
+    async fn lookup_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        counted: bool,
+        reader: Holder,
+    ) -> FsResult<Entry> {
         let name = validate_component(name)?;
+        for attempt in 1.. {
+            let last = attempt == LOOKUP_ATTEMPTS;
+            if let Some(found) = self
+                .lookup_attempt(parent, name, counted, last, reader)
+                .await?
+            {
+                return Ok(found);
+            }
+        }
+        unreachable!("the last attempt answers")
+    }
+
+    /// One try of a lookup: `None` when the directory was renamed while the store was asked
+    /// (the answer was about its old key), or when the store said "not found" while a name
+    /// changed in the directory here (a file made, stored or moved in meanwhile would be
+    /// hidden by it); the `last` attempt answers anyway.
+    async fn lookup_attempt(
+        &self,
+        parent: u64,
+        name: &str,
+        counted: bool,
+        last: bool,
+        reader: Holder,
+    ) -> FsResult<Option<Entry>> {
         let parent_key = self.dir_key(parent)?;
         {
             let mut inodes = self.inodes.lock().unwrap();
@@ -316,7 +360,7 @@ impl<S: ObjectStore> Fs<S> {
                     if counted {
                         inodes.add_lookup(entry.ino);
                     }
-                    return Ok(entry);
+                    return Ok(Some(entry));
                 }
             }
         }
@@ -338,11 +382,19 @@ impl<S: ObjectStore> Fs<S> {
         metrics().cache_lookup(Cache::Metadata, false);
         // Asked before and after the probe: the last close may delete the object (and end
         // the record) while the probe finds it.
-        let (was_orphan, stamp) = {
+        let (was_orphan, stamp, names) = {
             let inodes = self.inodes.lock().unwrap();
-            (inodes.is_orphan_key(&key), inodes.stamp())
+            (
+                inodes.is_orphan_key(&key),
+                inodes.stamp(),
+                inodes.names_stamp(parent),
+            )
         };
-        let mut found = self.probe(&key).await;
+        // A directory renamed above the key while the probe ran may have been half moved.
+        let (mut found, settled) = self.read_settled(&key, reader, || self.probe(&key)).await;
+        if self.dir_key(parent)? != parent_key {
+            return Ok(None);
+        }
         let mut inodes = self.inodes.lock().unwrap();
         let orphan = was_orphan || inodes.is_orphan_key(&key);
         if matches!(&found, Ok((found_key, _)) if *found_key == key && orphan) {
@@ -353,13 +405,17 @@ impl<S: ObjectStore> Fs<S> {
         match found {
             Ok((entry_key, attrs)) => {
                 // Attributes this mount set while the probe ran (a commit) are newer: kept.
-                let expiry = self.expiry();
+                // An answer a change of the key kept overtaking is used for now only.
+                let (expiry, stamp) = match settled {
+                    true => (self.expiry(), stamp),
+                    false => (Instant::now(), 0),
+                };
                 let inode = inodes
                     .upsert_child_since(parent, name, entry_key, attrs, expiry, counted, stamp);
-                Ok(Entry {
+                Ok(Some(Entry {
                     ino: inode.ino,
                     attrs: inode.attrs.clone(),
-                })
+                }))
             }
             Err(FsError::NotFound) => {
                 // A file this mount made or changed under the name while the probe ran is
@@ -375,10 +431,18 @@ impl<S: ObjectStore> Fs<S> {
                     if counted {
                         inodes.add_lookup(entry.ino);
                     }
-                    return Ok(entry);
+                    return Ok(Some(entry));
+                }
+                // A name made, stored or moved into the directory here while the probe ran
+                // (and maybe forgotten since) may be this one: asked again.
+                let overtaken = inodes.names_stamp(parent) != names || !settled;
+                if overtaken && !last {
+                    return Ok(None);
                 }
                 inodes.detach(parent, name);
-                self.negative.insert(parent, name);
+                if !overtaken {
+                    self.negative.insert(parent, name);
+                }
                 Err(FsError::NotFound)
             }
             Err(e) => Err(e),
@@ -488,10 +552,20 @@ impl<S: ObjectStore> Fs<S> {
         key: &str,
     ) -> FsResult<(Attributes, HashMap<String, String>)> {
         let stamp = self.inodes.lock().unwrap().stamp();
-        match self.store.head(key).await {
+        // An answer a change of this mount overtook (even one recorded in an inode forgotten
+        // since) is not taken for the file's attributes.
+        let (answer, settled) = self
+            .read_settled(key, Holder::default(), || self.store.head(key))
+            .await;
+        match answer {
             Ok(info) => {
                 let attrs = Attributes::file(&info, &self.config.defaults);
                 let mut inodes = self.inodes.lock().unwrap();
+                if !settled {
+                    if let Some(inode) = inodes.get(ino).filter(|i| i.kind() == attrs.kind) {
+                        return Ok((inode.attrs.clone(), info.user_metadata));
+                    }
+                }
                 if inodes.changed_since(ino, stamp) {
                     // This mount changed the file while the HEAD ran (a commit): its own
                     // attributes are newer than the answer.
@@ -503,7 +577,7 @@ impl<S: ObjectStore> Fs<S> {
                     // inode must not change type, so the name is looked up again (the kernel
                     // retries a path walk that met ESTALE) and gets a new inode.
                     let (parent, name) = (inode.parent, inode.name.clone());
-                    inodes.detach(parent, &name);
+                    inodes.detach_if(parent, &name, ino);
                     return Err(FsError::Stale);
                 }
                 inodes.set_attrs(ino, attrs.clone(), self.expiry());
@@ -515,9 +589,11 @@ impl<S: ObjectStore> Fs<S> {
                     let attrs = inodes.get(ino).ok_or(FsError::NotFound)?.attrs.clone();
                     return Ok((attrs, HashMap::new()));
                 }
+                // The name goes only if it is still this inode's: a file made under it since
+                // (after this one was unlinked or renamed over) is another file.
                 if let Some(inode) = inodes.get(ino) {
                     let (parent, name) = (inode.parent, inode.name.clone());
-                    inodes.detach(parent, &name);
+                    inodes.detach_if(parent, &name, ino);
                 }
                 Err(FsError::NotFound)
             }

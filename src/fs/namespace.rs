@@ -8,14 +8,16 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 use tracing::{debug, error};
 
 use super::attrs::{posix_headers, Attributes, Kind};
+use super::claims::Binding;
 use super::copy::ServerCopy;
 use super::error::{FsError, FsResult};
 use super::inode::{Orphan, OrphanClaim};
 use super::names::{child_key, validate_component};
+use super::owner::{Claim, Owned};
 use super::patch::Base;
 use super::read::FileReader;
 use super::write::FileWriter;
@@ -168,6 +170,22 @@ pub struct SetAttr {
 }
 
 impl SetAttr {
+    /// The POSIX headers this change sets (ctime always moves): a self-copy writes these over
+    /// what S3 holds and keeps the rest.
+    fn headers(&self, attrs: &Attributes) -> std::collections::HashMap<String, String> {
+        let touched = [
+            ("mode", self.mode.is_some()),
+            ("uid", self.uid.is_some()),
+            ("gid", self.gid.is_some()),
+            ("mtime", self.mtime.is_some()),
+            ("atime", self.atime.is_some()),
+            ("ctime", true),
+        ];
+        let mut headers = posix_headers(attrs);
+        headers.retain(|name, _| touched.iter().any(|(n, set)| n == name && *set));
+        headers
+    }
+
     /// True when the change touches metadata kept in the object's headers.
     fn changes_metadata(&self) -> bool {
         self.mode.is_some()
@@ -308,21 +326,54 @@ impl<S: ObjectStore> Fs<S> {
         mode: u32,
         caller: Caller,
     ) -> FsResult<(Entry, u64)> {
+        self.create_with_flags(parent, name, mode, 0, caller).await
+    }
+
+    /// `create` with the open flags: with `O_EXCL`, EEXIST when the name exists now (the
+    /// kernel's lookup said it did not, but another request may have made it since).
+    pub async fn create_with_flags(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Entry, u64)> {
         self.check_writable()?;
         self.check_not_bucket_level(parent)?;
         let name = validate_component(name)?;
+        let _owned = self.own_name(parent, name).await?;
         let parent_key = self.dir_key(parent)?;
         let key = child_key(&parent_key, name)?;
         let attrs = Attributes::new(Kind::File, mode, caller.uid, caller.gid);
         let opts = self.put_options(name, &attrs);
         self.settle_orphan(&key).await?;
+        // The kernel's lookup found nothing, but a request of this mount may have made the
+        // name since (a rename onto it, say). Unless this mount knows (an entry, or a recent
+        // "not found" nothing has overtaken), S3 is asked.
+        let known = self.inodes.lock().unwrap().child(parent, name).is_some()
+            || self.negative.contains(parent, name);
+        let found = match known {
+            true => false,
+            false => match self.probe(&key).await {
+                Ok((found_key, _)) => found_key == key || flags & libc::O_EXCL != 0,
+                Err(FsError::NotFound) => false,
+                Err(e) => return Err(e),
+            },
+        };
+        if found && flags & libc::O_EXCL != 0 {
+            return Err(FsError::Exists);
+        }
         let writer = Arc::new(tokio::sync::Mutex::new(self.new_writer(key.clone(), opts)));
         let ino = {
             let mut inodes = self.inodes.lock().unwrap();
             // A name known to be in S3 is replaced: it is not "only in this mount", and a
             // failed upload leaves it showing the old object.
-            let mut stored = false;
+            let mut stored = found;
             if let Some(existing) = inodes.child(parent, name) {
+                if flags & libc::O_EXCL != 0 {
+                    return Err(FsError::Exists);
+                }
                 if existing.kind() == Kind::Dir {
                     return Err(FsError::IsDir);
                 }
@@ -367,6 +418,12 @@ impl<S: ObjectStore> Fs<S> {
     /// with EOPNOTSUPP at the first write.
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        // A writer starts from the object's metadata (mode, owner, xattrs): read and claimed
+        // under the key's claim, so no chmod or setxattr lands in between and is lost.
+        let _owned = match writing {
+            true => Some(self.own_inode(ino).await?),
+            false => None,
+        };
         let (_, name, key, attrs, fresh) = self.inode_parts(ino)?;
         if attrs.kind == Kind::Dir {
             return Err(FsError::IsDir);
@@ -691,6 +748,22 @@ impl<S: ObjectStore> Fs<S> {
     }
 
     async fn commit_writer(&self, ino: u64, writer: &super::SharedWriter<S>) -> FsResult<()> {
+        // The key the content goes to, and where a renamed-away upload completes (a writer
+        // that is not the file's any more stores nothing).
+        let (_owned, ()) = self
+            .own(|table| {
+                let claims = match table.get(ino) {
+                    Some(inode) if table.is_writer_of(ino, writer) => {
+                        std::iter::once(inode.key.clone())
+                            .chain(inode.displaced().map(str::to_string))
+                            .map(Claim::Key)
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
+                Ok((claims, ()))
+            })
+            .await?;
         let mut guard = writer.lock().await;
         let committed = match guard.commit().await {
             Ok(committed) => committed,
@@ -761,6 +834,10 @@ impl<S: ObjectStore> Fs<S> {
         if self.has_open_handles(ino) {
             return;
         }
+        let Some(key) = self.inodes.lock().unwrap().orphan_key_of(ino) else {
+            return;
+        };
+        let _owned = self.owner.claim(vec![Claim::Name(key)]).await;
         let claimed = self.inodes.lock().unwrap().claim_orphan_of(ino);
         if let Some((key, orphan)) = claimed {
             if let Err(e) = self.delete_claimed_orphan(&key, &orphan, true).await {
@@ -798,8 +875,12 @@ impl<S: ObjectStore> Fs<S> {
     /// self-copy with the new metadata (other metadata kept).
     pub async fn setattr(&self, ino: u64, change: SetAttr) -> FsResult<Entry> {
         self.check_writable()?;
+        // Every change below is made under the key's claim; an inode whose name is gone
+        // (unlinked, renamed over) changes only itself.
+        let (_owned, binding) = self.own_inode(ino).await?;
+        let detached = binding == Binding::Ended;
         let (_, name, key, attrs) = self.current_parts(ino).await?;
-        debug!(key, ?change, "setattr");
+        debug!(ino, key, ?change, "setattr");
         let writer = self.writer_of(ino);
         let mut new_attrs = attrs.clone();
         if let Some(mode) = change.mode {
@@ -859,13 +940,9 @@ impl<S: ObjectStore> Fs<S> {
                             return Err(e);
                         }
                     }
-                    // Unlinked, and nobody writes it: its key may be another file's now.
-                    None if self
-                        .inodes
-                        .lock()
-                        .unwrap()
-                        .get(ino)
-                        .is_some_and(|i| i.is_unlinked()) => {}
+                    // Unlinked or renamed over, and nobody writes it: its key may be another
+                    // file's now.
+                    None if detached => {}
                     None => {
                         // truncate(path) with no writer applies at once; not onto a key a
                         // rename is moving or a renamed file's upload still completes on.
@@ -902,14 +979,15 @@ impl<S: ObjectStore> Fs<S> {
         }
 
         if meta_changed {
-            // Not in S3 (yet), or unlinked (its key may belong to a new file now): the change
-            // stays in this mount.
-            let local_only = self
-                .inodes
-                .lock()
-                .unwrap()
-                .get(ino)
-                .is_some_and(|i| i.is_pending() || i.is_unlinked());
+            // Not in S3 (yet), or without its name (its key may belong to a new file now):
+            // the change stays in this mount.
+            let local_only = detached
+                || self
+                    .inodes
+                    .lock()
+                    .unwrap()
+                    .get(ino)
+                    .is_some_and(|i| i.is_pending());
             match &writer {
                 Some(writer) => {
                     let mut writer = writer.lock().await;
@@ -925,8 +1003,8 @@ impl<S: ObjectStore> Fs<S> {
                             .base()
                             .filter(|b| b.size > 0 && b.key == key)
                             .and_then(|b| b.etag.clone());
-                        let etag = self
-                            .persist_metadata(&name, &key, &new_attrs, pinned.as_deref())
+                        let (etag, _) = self
+                            .persist_metadata(&name, &key, &new_attrs, None, pinned.as_deref())
                             .await?;
                         writer.rebase(key.clone(), etag.clone());
                         if new_attrs.kind == Kind::File {
@@ -935,7 +1013,14 @@ impl<S: ObjectStore> Fs<S> {
                     }
                 }
                 None if !local_only => {
-                    let etag = self.persist_metadata(&name, &key, &new_attrs, None).await?;
+                    let headers = change.headers(&new_attrs);
+                    let (etag, stored) = self
+                        .persist_metadata(&name, &key, &new_attrs, Some(headers), None)
+                        .await?;
+                    // What S3 holds now (read under the claim) is what the file shows.
+                    if let Some(stored) = stored {
+                        new_attrs = new_attrs.with_posix_metadata(&stored);
+                    }
                     if new_attrs.kind == Kind::File {
                         new_attrs.etag = etag;
                     }
@@ -967,30 +1052,39 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
-    /// Writes `attrs` as the object's metadata: a self-copy with metadata REPLACE that keeps the
-    /// content type and any other metadata; a directory without marker gets one.
-    /// Returns the object's new ETag.
+    /// Writes `attrs` as the object's metadata (only the `headers` given, when given, over
+    /// what S3 holds): a self-copy with metadata REPLACE that keeps the content type and any
+    /// other metadata; a directory without marker gets one. Runs under the key's claim, so
+    /// what it read is still what S3 holds when it writes. Returns the object's new ETag and
+    /// the metadata it stored.
     async fn persist_metadata(
         &self,
         name: &str,
         key: &str,
         attrs: &Attributes,
+        headers: Option<std::collections::HashMap<String, String>>,
         if_match: Option<&str>,
-    ) -> FsResult<Option<String>> {
+    ) -> FsResult<(
+        Option<String>,
+        Option<std::collections::HashMap<String, String>>,
+    )> {
         let mut opts = self.put_options(name, attrs);
         match self.store.head(key).await {
             Ok(info) => {
                 let mut metadata = info.user_metadata;
-                metadata.extend(opts.user_metadata);
+                metadata.extend(headers.unwrap_or(opts.user_metadata));
                 opts.user_metadata = metadata;
                 if info.content_type.is_some() {
                     opts.content_type = info.content_type;
                 }
-                self.copy_object_pinned(key, key, info.size, &opts, true, if_match)
-                    .await
+                let etag = self
+                    .copy_object_pinned(key, key, info.size, &opts, true, if_match)
+                    .await?;
+                Ok((etag, Some(opts.user_metadata)))
             }
             Err(StoreError::NotFound) if attrs.kind == Kind::Dir => {
-                Ok(self.store.put(key, Bytes::new(), &opts).await?)
+                let etag = self.store.put(key, Bytes::new(), &opts).await?;
+                Ok((etag, Some(opts.user_metadata)))
             }
             Err(e) => Err(e.into()),
         }
@@ -1032,14 +1126,17 @@ impl<S: ObjectStore> Fs<S> {
     /// Resolves `name` in `parent` (from the table when fresh, else from S3), holding a
     /// reference on its inode until the returned guard drops, so the inode cannot be forgotten
     /// (by a concurrent readdirplus's forget) in the middle of the operation.
-    async fn resolve(&self, parent: u64, name: &OsStr) -> FsResult<Held<'_, S>> {
-        let entry = self.lookup_entry(parent, name, true).await?;
+    async fn resolve(&self, parent: u64, name: &OsStr, owned: &Owned<'_>) -> FsResult<Held<'_, S>> {
+        let entry = self
+            .lookup_entry(parent, name, true, owned.holder())
+            .await?;
         Ok(Held { fs: self, entry })
     }
 
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.check_writable()?;
-        let entry = self.resolve(parent, name).await?;
+        let owned = self.own_name(parent, validate_component(name)?).await?;
+        let entry = self.resolve(parent, name, &owned).await?;
         if entry.attrs.kind == Kind::Dir {
             return Err(FsError::IsDir);
         }
@@ -1089,6 +1186,7 @@ impl<S: ObjectStore> Fs<S> {
             self.negative.insert(parent, name);
             self.touch_dir(parent);
             drop(_busy);
+            drop(owned);
             // The last handle may have closed while the object was looked at above, before
             // the orphan was recorded: its close found nothing to delete.
             self.delete_orphan_after_last_close(entry.ino).await;
@@ -1183,6 +1281,7 @@ impl<S: ObjectStore> Fs<S> {
         let orphans = self.inodes.lock().unwrap().claim_all_orphans();
         for (key, orphan) in orphans {
             let mut claim = OrphanDeletion::adopt(self, &key);
+            let _owned = self.owner.claim(vec![Claim::Name(key.clone())]).await;
             // The last chance: a few tries more than the store's own retries.
             let mut tries = 1;
             loop {
@@ -1210,9 +1309,10 @@ impl<S: ObjectStore> Fs<S> {
     ) -> FsResult<Entry> {
         self.check_writable()?;
         let name_str = validate_component(name)?;
+        let _owned = self.own_name(parent, name_str).await?;
         let parent_key = self.dir_key(parent)?;
         let key = format!("{}/", child_key(&parent_key, name_str)?);
-        match self.resolve(parent, name).await {
+        match self.resolve(parent, name, &_owned).await {
             Ok(_) => return Err(FsError::Exists),
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
@@ -1236,7 +1336,8 @@ impl<S: ObjectStore> Fs<S> {
 
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.check_writable()?;
-        let entry = self.resolve(parent, name).await?;
+        let _owned = self.own_name(parent, validate_component(name)?).await?;
+        let entry = self.resolve(parent, name, &_owned).await?;
         if entry.attrs.kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
@@ -1301,10 +1402,14 @@ impl<S: ObjectStore> Fs<S> {
         self.check_not_bucket_level(new_parent)?;
         let name_str = validate_component(name)?.to_string();
         let new_name_str = validate_component(new_name)?.to_string();
-        let source = self.resolve(parent, name).await?;
+        // Both names, as files and as directory trees, for the whole move.
+        let _owned = self
+            .own_names((parent, &name_str), (new_parent, &new_name_str))
+            .await?;
+        let source = self.resolve(parent, name, &_owned).await?;
         let new_parent_key = self.dir_key(new_parent)?;
         let new_key = child_key(&new_parent_key, &new_name_str)?;
-        let dest = match self.resolve(new_parent, new_name).await {
+        let dest = match self.resolve(new_parent, new_name, &_owned).await {
             Ok(dest) => Some(dest),
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
@@ -1320,6 +1425,16 @@ impl<S: ObjectStore> Fs<S> {
             (Kind::Dir, Some(kind)) if kind != Kind::Dir => return Err(FsError::NotDir),
             (Kind::Dir, Some(Kind::Dir)) => {
                 let dest_prefix = format!("{new_key}/");
+                // Files being written below it are not in S3 yet, but they are its entries.
+                let writing_below = {
+                    let inodes = self.inodes.lock().unwrap();
+                    let dest_ino = dest.as_ref().map(|d| d.ino).expect("matched");
+                    inodes.has_pending_children(dest_ino)
+                        || !inodes.writers_below(&dest_prefix).is_empty()
+                };
+                if writing_below {
+                    return Err(FsError::NotEmpty);
+                }
                 let below = self
                     .store
                     .list_page(&dest_prefix, false, None, Some(2))
@@ -1351,18 +1466,49 @@ impl<S: ObjectStore> Fs<S> {
             Kind::Dir => BusyKeys::mark_free_tree(self, busy)?,
             _ => BusyKeys::mark_free(self, busy, own_displaced.as_deref())?,
         };
-        match source.attrs.kind.is_dir() {
-            false => {
-                self.settle_orphan(&new_key).await?;
-                let dest_ino = dest.as_ref().map(|d| d.ino);
-                self.rename_file(source.ino, dest_ino, new_parent, &new_name_str, new_key)
-                    .await?;
-            }
+        let moved = match source.attrs.kind.is_dir() {
+            false => match self.settle_orphan(&new_key).await {
+                Ok(()) => {
+                    let dest_ino = dest.as_ref().map(|d| d.ino);
+                    self.rename_file(
+                        source.ino,
+                        dest_ino,
+                        new_parent,
+                        &new_name_str,
+                        new_key.clone(),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            },
             true => {
                 let source_key = self.inode_parts(source.ino)?.2;
                 let dest_prefix = format!("{new_key}/");
                 debug!(source_key, dest_prefix, "rename directory");
-                self.rename_dir(&source_key, &dest_prefix).await?;
+                self.rename_dir(&source_key, &dest_prefix).await
+            }
+        };
+        if let Err(e) = moved {
+            // S3 may hold part of the move now (copies made, some sources deleted): what
+            // this mount knew of both names is asked for again.
+            self.negative.remove(new_parent, &new_name_str);
+            self.snapshots.forget(parent);
+            self.snapshots.forget(new_parent);
+            let mut inodes = self.inodes.lock().unwrap();
+            inodes.expire(source.ino);
+            if source.attrs.kind.is_dir() {
+                let source_key = inodes.get(source.ino).map(|i| i.key.clone());
+                if let Some(source_key) = source_key {
+                    inodes.expire_below(&source_key);
+                }
+            }
+            return Err(e);
+        }
+        match source.attrs.kind.is_dir() {
+            false => {}
+            true => {
+                let source_key = self.inode_parts(source.ino)?.2;
+                let dest_prefix = format!("{new_key}/");
                 let mut inodes = self.inodes.lock().unwrap();
                 inodes.move_entry(
                     source.ino,
@@ -1559,22 +1705,58 @@ impl<S: ObjectStore> Fs<S> {
             .iter()
             .map(|(source, dest, size)| self.copy_object(source, dest, *size, opts, false).boxed())
             .collect();
-        futures::stream::iter(copies)
-            .buffer_unordered(RENAME_CONCURRENCY)
-            .try_collect::<Vec<_>>()
-            .await?;
+        let copied: Vec<FsResult<Option<String>>> = futures::stream::iter(copies)
+            .buffered(RENAME_CONCURRENCY)
+            .collect()
+            .await;
+        if let Some(Err(e)) = copied.iter().find(|c| c.is_err()) {
+            // Nothing deleted yet: the old directory is whole. The copies made are taken
+            // back, so the new name is as it was (empty or absent) unless that fails too.
+            // (Not the destination's marker: an empty directory renamed over had it before.)
+            let undo: Vec<BoxFuture<'_, FsResult<()>>> = moves
+                .iter()
+                .zip(&copied)
+                .filter(|((_, dest, _), c)| c.is_ok() && dest != dest_prefix)
+                .map(|((_, dest, _), _)| self.delete_if_there(dest).boxed())
+                .collect();
+            let undone: Vec<FsResult<()>> = futures::stream::iter(undo)
+                .buffer_unordered(RENAME_CONCURRENCY)
+                .collect()
+                .await;
+            let left = undone.iter().filter(|u| u.is_err()).count();
+            error!(
+                source_prefix,
+                dest_prefix,
+                copies_left = left,
+                "directory rename failed while copying ({e}): every object is still under the \
+                 old name; copies left under the new name: {left}"
+            );
+            return Err(e.clone());
+        }
         debug!(
             count = moves.len(),
             source_prefix, dest_prefix, "directory copied; deleting sources"
         );
-        let deletes: Vec<BoxFuture<'_, Result<(), StoreError>>> = moves
+        let deletes: Vec<BoxFuture<'_, FsResult<()>>> = moves
             .iter()
-            .map(|(source, _, _)| self.store.delete(source))
+            .map(|(source, _, _)| self.delete_if_there(source).boxed())
             .collect();
-        futures::stream::iter(deletes)
+        let deleted: Vec<FsResult<()>> = futures::stream::iter(deletes)
             .buffer_unordered(RENAME_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect()
+            .await;
+        let left = deleted.iter().filter(|d| d.is_err()).count();
+        if let Some(Err(e)) = deleted.into_iter().find(|d| d.is_err()) {
+            error!(
+                source_prefix,
+                dest_prefix,
+                sources_left = left,
+                "directory rename failed while deleting the old objects ({e}): every object is \
+                 under the new name; {left} are still under the old name too (remove the old \
+                 directory to finish)"
+            );
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -88,9 +88,13 @@ impl<S: ObjectStore> Fs<S> {
         self.check_writable()?;
         self.check_not_bucket_level(parent)?;
         let name_str = validate_component(name)?;
+        let _owned = self.own_name(parent, name_str).await?;
         let parent_key = self.dir_key(parent)?;
         let key = child_key(&parent_key, name_str)?;
-        match self.lookup_entry(parent, name, false).await {
+        match self
+            .lookup_entry(parent, name, false, _owned.holder())
+            .await
+        {
             Ok(_) => return Err(FsError::Exists),
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),

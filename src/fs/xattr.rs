@@ -203,24 +203,34 @@ impl<S: ObjectStore> Fs<S> {
         ino: u64,
         change: impl FnOnce(&mut HashMap<String, String>) -> FsResult<()>,
     ) -> FsResult<Entry> {
+        // The metadata is read, changed and written back under the key's claim, so no other
+        // change of it (a chmod, another setxattr) lands in between and is lost.
+        let (_owned, binding) = self.own_inode(ino).await?;
         let (_, name, key, mut attrs) = self.current_parts(ino).await?;
         let mut metadata = self.current_metadata(ino).await?;
         change(&mut metadata)?;
         attrs.ctime = std::time::SystemTime::now();
-        // The POSIX headers as they will be written, for the size check and the store.
-        let posix = self.put_options(&name, &attrs).user_metadata;
-        metadata.extend(posix);
+        // The POSIX headers as they will be written, for the size check and the store: those
+        // S3 holds stay (read under the claim, they are newer than cached attributes), only
+        // ctime moves; an object without them gets the attributes shown.
+        for (header, value) in self.put_options(&name, &attrs).user_metadata {
+            if header == "ctime" || !metadata.contains_key(&header) {
+                metadata.insert(header, value);
+            }
+        }
+        let mut attrs = attrs.with_posix_metadata(&metadata);
         if metadata_bytes(&metadata) > MAX_USER_METADATA_BYTES {
             return Err(FsError::TooBig);
         }
         // Not in S3 (yet), or unlinked (its key may belong to a new file now): the change
         // stays in this mount.
-        let local_only = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .is_some_and(|i| i.is_pending() || i.is_unlinked());
+        let local_only = binding == super::claims::Binding::Ended
+            || self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .is_some_and(|i| i.is_pending());
         match self.writer_of(ino) {
             Some(writer) => {
                 let mut writer = writer.lock().await;

@@ -8,6 +8,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
 
+/// How long a held request waits for `go` at most.
+const HOLD_AT_MOST: Duration = Duration::from_millis(300);
+
 /// A memory store whose next HEAD or DELETE of a chosen key waits for `go`: before it reaches
 /// the store ("head"/"delete"), or after the store answered ("head-after"). A held DELETE
 /// fails (503) when `fail_held`. A copy of a chosen source can be held after it is done
@@ -38,7 +41,9 @@ impl Gate {
         };
         if hit {
             self.entered.notify_one();
-            self.go.notified().await;
+            // Not forever: the operation a test runs meanwhile may now wait for the held one
+            // (both claim the same key), and then the held one must go on first.
+            let _ = tokio::time::timeout(HOLD_AT_MOST, self.go.notified()).await;
         }
         hit
     }

@@ -1,0 +1,529 @@
+//! The sequential model: what a POSIX filesystem would hold after the steps of the programs
+//! ran one at a time, in some order. A step is atomic here; an open file is a file identity,
+//! so an operation through a descriptor acts on that file wherever it is named now, and on
+//! nothing stored once its name is gone (unlinked or renamed over).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The mode a file gets when it is created (the explorer creates with 0644, and objects put
+/// before the mount have no mode header, which shows as the default 0644).
+pub const NEW_FILE_MODE: u32 = 0o644;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// open(O_CREAT|O_EXCL|O_WRONLY): the descriptor of a new file.
+    Create(String),
+    /// open(O_WRONLY|O_TRUNC) of an existing file.
+    OpenTrunc(String),
+    /// open(O_RDONLY).
+    OpenRead(String),
+    /// pwrite at 0 through the program's descriptor.
+    Write(Vec<u8>),
+    /// ftruncate through the program's (writing) descriptor.
+    Ftruncate(u64),
+    /// fchmod through the program's descriptor.
+    Fchmod(u32),
+    /// fsetxattr through the program's descriptor.
+    Fsetxattr(String, String),
+    /// fstat through the program's descriptor.
+    Fstat,
+    /// fsync through the program's (writing) descriptor.
+    Fsync,
+    /// close of the program's descriptor (flush, then release).
+    Close,
+    Truncate(String, u64),
+    Unlink(String),
+    Rename(String, String),
+    Chmod(String, u32),
+    SetXattr(String, String, String),
+    Mkdir(String),
+    Rmdir(String),
+    List(String),
+}
+
+impl Step {
+    /// True for the steps that act through the program's descriptor.
+    pub fn uses_fd(&self) -> bool {
+        matches!(
+            self,
+            Step::Write(_)
+                | Step::Ftruncate(_)
+                | Step::Fchmod(_)
+                | Step::Fsetxattr(..)
+                | Step::Fstat
+                | Step::Fsync
+                | Step::Close
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct File {
+    pub id: u32,
+    pub data: Vec<u8>,
+    pub mode: u32,
+    pub xattrs: BTreeMap<String, String>,
+    /// Created by a descriptor and never stored yet: a failed close leaves nothing.
+    pub unstored: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    File(File),
+    Dir,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fd {
+    pub id: u32,
+    /// The content the descriptor will store at close (None: opened for reading).
+    pub data: Option<Vec<u8>>,
+    /// A writing descriptor: the file's mode and xattrs when it was opened. Metadata changed
+    /// while a file has unsent content is stored with that content, so a failed close may
+    /// leave the metadata as it was then (README: "a failed close").
+    pub meta_at_open: Option<(u32, BTreeMap<String, String>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Model {
+    pub nodes: BTreeMap<String, Node>,
+    pub next_id: u32,
+    /// Program index -> its open descriptor.
+    pub fds: BTreeMap<usize, Fd>,
+}
+
+/// What an observer sees: path -> Some((bytes, mode, xattrs)) for a file, None for a
+/// directory (markers and implied parents alike).
+pub type View = BTreeMap<String, Option<(Vec<u8>, u32, BTreeMap<String, String>)>>;
+
+pub fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// Every directory a path implies (its ancestors), root excluded.
+pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(i, _)| &path[..i])
+}
+
+/// Adds the directories implied by the files of `view`.
+pub fn with_implied_dirs(mut view: View) -> View {
+    let paths: Vec<String> = view.keys().cloned().collect();
+    for path in paths {
+        for dir in ancestors(&path) {
+            view.entry(dir.to_string()).or_insert(None);
+        }
+    }
+    view
+}
+
+impl Model {
+    pub fn new(files: &[(&str, &[u8])], dirs: &[&str]) -> Self {
+        let mut model = Model {
+            nodes: BTreeMap::new(),
+            next_id: 1,
+            fds: BTreeMap::new(),
+        };
+        for dir in dirs {
+            model.nodes.insert(dir.to_string(), Node::Dir);
+        }
+        for (path, data) in files {
+            let id = model.new_id();
+            model.nodes.insert(
+                path.to_string(),
+                Node::File(File {
+                    id,
+                    data: data.to_vec(),
+                    mode: NEW_FILE_MODE,
+                    xattrs: BTreeMap::new(),
+                    unstored: false,
+                }),
+            );
+        }
+        model
+    }
+
+    fn new_id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    pub fn view(&self) -> View {
+        let view = self
+            .nodes
+            .iter()
+            .map(|(path, node)| {
+                let shown = match node {
+                    Node::File(f) => Some((f.data.clone(), f.mode, f.xattrs.clone())),
+                    Node::Dir => None,
+                };
+                (path.clone(), shown)
+            })
+            .collect();
+        with_implied_dirs(view)
+    }
+
+    fn is_dir(&self, path: &str) -> bool {
+        path.is_empty() || matches!(self.nodes.get(path), Some(Node::Dir))
+    }
+
+    fn has_children(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        self.nodes.keys().any(|k| k.starts_with(&prefix))
+    }
+
+    fn file_mut(&mut self, path: &str) -> Option<&mut File> {
+        match self.nodes.get_mut(path) {
+            Some(Node::File(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The file `id` where it is named now.
+    fn file_by_id(&mut self, id: u32) -> Option<&mut File> {
+        self.nodes.values_mut().find_map(|n| match n {
+            Node::File(f) if f.id == id => Some(f),
+            _ => None,
+        })
+    }
+
+    /// Applies `step` of program `prog` as if it ran alone now; Err when it would fail.
+    pub fn apply(&mut self, prog: usize, step: &Step) -> Result<(), ()> {
+        match step {
+            Step::Create(path) => {
+                if !self.is_dir(parent(path)) || self.nodes.contains_key(path) {
+                    return Err(());
+                }
+                let id = self.new_id();
+                self.nodes.insert(
+                    path.clone(),
+                    Node::File(File {
+                        id,
+                        data: Vec::new(),
+                        mode: NEW_FILE_MODE,
+                        xattrs: BTreeMap::new(),
+                        unstored: true,
+                    }),
+                );
+                self.fds.insert(
+                    prog,
+                    Fd {
+                        id,
+                        data: Some(Vec::new()),
+                        meta_at_open: Some((NEW_FILE_MODE, BTreeMap::new())),
+                    },
+                );
+            }
+            Step::OpenTrunc(path) | Step::OpenRead(path) => {
+                let file = self.file_mut(path).ok_or(())?;
+                let (id, meta) = (file.id, (file.mode, file.xattrs.clone()));
+                let writing = matches!(step, Step::OpenTrunc(_));
+                self.fds.insert(
+                    prog,
+                    Fd {
+                        id,
+                        data: writing.then(Vec::new),
+                        meta_at_open: writing.then_some(meta),
+                    },
+                );
+            }
+            Step::Write(bytes) => {
+                let data = self.fds.get_mut(&prog).ok_or(())?.data.as_mut().ok_or(())?;
+                if data.len() < bytes.len() {
+                    data.resize(bytes.len(), 0);
+                }
+                data[..bytes.len()].copy_from_slice(bytes);
+            }
+            Step::Ftruncate(size) => {
+                let data = self.fds.get_mut(&prog).ok_or(())?.data.as_mut().ok_or(())?;
+                data.resize(*size as usize, 0);
+            }
+            Step::Fchmod(mode) => {
+                let id = self.fds.get(&prog).ok_or(())?.id;
+                if let Some(file) = self.file_by_id(id) {
+                    file.mode = *mode;
+                }
+            }
+            Step::Fsetxattr(name, value) => {
+                let id = self.fds.get(&prog).ok_or(())?.id;
+                if let Some(file) = self.file_by_id(id) {
+                    file.xattrs.insert(name.clone(), value.clone());
+                }
+            }
+            Step::Fstat => {
+                self.fds.get(&prog).ok_or(())?;
+            }
+            Step::Fsync => self.store_fd(prog)?,
+            Step::Close => {
+                self.store_fd(prog)?;
+                self.fds.remove(&prog);
+            }
+            Step::Truncate(path, size) => {
+                let file = self.file_mut(path).ok_or(())?;
+                file.data.resize(*size as usize, 0);
+                let id = file.id;
+                // A descriptor writing the file holds its content: the truncate reaches it.
+                for fd in self.fds.values_mut().filter(|fd| fd.id == id) {
+                    if let Some(data) = fd.data.as_mut() {
+                        data.resize(*size as usize, 0);
+                    }
+                }
+            }
+            Step::Unlink(path) => {
+                self.file_mut(path).ok_or(())?;
+                self.nodes.remove(path);
+            }
+            Step::Rename(from, to) => self.rename(from, to)?,
+            Step::Chmod(path, mode) => self.file_mut(path).ok_or(())?.mode = *mode,
+            Step::SetXattr(path, name, value) => {
+                let file = self.file_mut(path).ok_or(())?;
+                file.xattrs.insert(name.clone(), value.clone());
+            }
+            Step::Mkdir(path) => {
+                if !self.is_dir(parent(path)) || self.nodes.contains_key(path) {
+                    return Err(());
+                }
+                self.nodes.insert(path.clone(), Node::Dir);
+            }
+            Step::Rmdir(path) => {
+                if !matches!(self.nodes.get(path), Some(Node::Dir)) || self.has_children(path) {
+                    return Err(());
+                }
+                self.nodes.remove(path);
+            }
+            Step::List(path) => {
+                if !self.is_dir(path) {
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A writing descriptor's content becomes its file's, if the file is still named.
+    fn store_fd(&mut self, prog: usize) -> Result<(), ()> {
+        let fd = self.fds.get(&prog).ok_or(())?.clone();
+        if let Some(data) = fd.data {
+            if let Some(file) = self.file_by_id(fd.id) {
+                file.data = data;
+                file.unstored = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), ()> {
+        let source = self.nodes.get(from).cloned().ok_or(())?;
+        if from == to {
+            return Ok(());
+        }
+        if !self.is_dir(parent(to)) {
+            return Err(());
+        }
+        let dest = self.nodes.get(to).cloned();
+        match (&source, &dest) {
+            (Node::File(_), Some(Node::Dir)) => return Err(()),
+            (Node::Dir, Some(Node::File(_))) => return Err(()),
+            (Node::Dir, _) if to.starts_with(&format!("{from}/")) => return Err(()),
+            (Node::Dir, Some(Node::Dir)) if self.has_children(to) => return Err(()),
+            _ => {}
+        }
+        self.nodes.remove(to);
+        let node = self.nodes.remove(from).expect("checked");
+        if matches!(node, Node::Dir) {
+            let prefix = format!("{from}/");
+            let below: Vec<String> = self
+                .nodes
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            for key in below {
+                let moved = self.nodes.remove(&key).expect("listed");
+                self.nodes
+                    .insert(format!("{to}/{}", &key[prefix.len()..]), moved);
+            }
+        }
+        self.nodes.insert(to.to_string(), node);
+        Ok(())
+    }
+
+    /// What a failed `step` may have left besides nothing, by the documented rules: a rename
+    /// that failed while copying (the sources stay, copies whose removal failed stay too) or
+    /// after its copies (the copies stay, and so do the sources whose delete did not
+    /// happen); a close that failed leaves no file that was never stored, and may leave the
+    /// metadata changed through it as it was at the open.
+    pub fn failure_outcomes(&self, prog: usize, step: &Step) -> Vec<Model> {
+        let mut outcomes = Vec::new();
+        match step {
+            Step::Rename(from, to) => {
+                let mut moved = self.clone();
+                if moved.rename(from, to).is_err() {
+                    return outcomes;
+                }
+                // Every source that moved may also still be under its old name (fresh ids:
+                // the copies are other files).
+                let sources: Vec<(String, Node)> = self
+                    .nodes
+                    .iter()
+                    .filter(|(k, _)| *k == from || k.starts_with(&format!("{from}/")))
+                    .map(|(k, n)| (k.clone(), n.clone()))
+                    .collect();
+                // Files and directory markers alike: each source's delete may have failed.
+                let files: Vec<&(String, Node)> = sources.iter().collect();
+                for mask in 0u32..(1 << files.len().min(4)) {
+                    let mut outcome = moved.clone();
+                    for (i, (path, node)) in files.iter().enumerate() {
+                        if mask & (1 << i) != 0 {
+                            let mut node = node.clone();
+                            if let Node::File(f) = &mut node {
+                                f.id = outcome.new_id();
+                            }
+                            outcome.nodes.insert(path.clone(), node);
+                        }
+                    }
+                    // The source directory itself stays while anything is below it.
+                    for (path, node) in &sources {
+                        if matches!(node, Node::Dir) && outcome.has_children(path) {
+                            outcome.nodes.insert(path.clone(), Node::Dir);
+                        }
+                    }
+                    outcomes.push(outcome);
+                }
+                // Failed while copying: every source stays, and any of the copies.
+                let copies: Vec<(String, Node)> = moved
+                    .nodes
+                    .iter()
+                    .filter(|(k, _)| *k == to || k.starts_with(&format!("{to}/")))
+                    .map(|(k, n)| (k.clone(), n.clone()))
+                    .collect();
+                for mask in 1u32..(1 << copies.len().min(4)) {
+                    let mut outcome = self.clone();
+                    for (i, (path, node)) in copies.iter().enumerate() {
+                        if mask & (1 << i) != 0 {
+                            let mut node = node.clone();
+                            if let Node::File(f) = &mut node {
+                                f.id = outcome.new_id();
+                            }
+                            outcome.nodes.insert(path.clone(), node);
+                        }
+                    }
+                    outcomes.push(outcome);
+                }
+            }
+            Step::Close | Step::Fsync => {
+                if let Some(fd) = self.fds.get(&prog).cloned() {
+                    let mut gone = self.clone();
+                    gone.nodes.retain(|_, n| match n {
+                        Node::File(f) => !(f.id == fd.id && f.unstored),
+                        Node::Dir => true,
+                    });
+                    let mut reverted = self.clone();
+                    if let (Some((mode, xattrs)), Some(file)) =
+                        (fd.meta_at_open, reverted.file_by_id(fd.id))
+                    {
+                        file.mode = mode;
+                        file.xattrs = xattrs;
+                    }
+                    for mut outcome in [gone, reverted] {
+                        if matches!(step, Step::Close) {
+                            outcome.fds.remove(&prog);
+                        }
+                        outcomes.push(outcome);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if matches!(step, Step::Close) {
+            // Closed, stored or not.
+            let mut closed = self.clone();
+            closed.fds.remove(&prog);
+            outcomes.push(closed);
+        }
+        outcomes
+    }
+}
+
+/// One program's steps with what each returned: Ok, Err(errno name), or None when skipped
+/// (its descriptor was never opened).
+pub type Outcome = Option<Result<(), String>>;
+
+/// Searches the serial orders of the programs' steps (each program's own order kept) for one
+/// whose final view is `observed`: successful steps must succeed in the model, failed ones
+/// may have done nothing or what `failure_outcomes` allows, skipped ones did nothing.
+pub fn explains(start: &Model, programs: &[Vec<(Step, Outcome)>], observed: &View) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut positions = vec![0usize; programs.len()];
+    search(start.clone(), programs, &mut positions, observed, &mut seen)
+}
+
+fn search(
+    state: Model,
+    programs: &[Vec<(Step, Outcome)>],
+    positions: &mut Vec<usize>,
+    observed: &View,
+    seen: &mut BTreeSet<(Vec<usize>, String)>,
+) -> bool {
+    if positions
+        .iter()
+        .zip(programs)
+        .all(|(p, prog)| *p == prog.len())
+    {
+        return state.view() == *observed;
+    }
+    if !seen.insert((positions.clone(), format!("{state:?}"))) {
+        return false;
+    }
+    for prog in 0..programs.len() {
+        let Some((step, outcome)) = programs[prog].get(positions[prog]) else {
+            continue;
+        };
+        let mut nexts = Vec::new();
+        match outcome {
+            None => nexts.push(state.clone()),
+            Some(Ok(())) => {
+                let mut next = state.clone();
+                if next.apply(prog, step).is_ok() {
+                    nexts.push(next);
+                }
+            }
+            Some(Err(_)) => {
+                nexts.push(state.clone());
+                nexts.extend(state.failure_outcomes(prog, step));
+            }
+        }
+        for next in nexts {
+            positions[prog] += 1;
+            let found = search(next, programs, positions, observed, seen);
+            positions[prog] -= 1;
+            if found {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The view of what the store holds: objects as files (mode from `x-amz-meta-mode`, xattrs
+/// from the other user metadata), `dir/` markers and implied parents as directories.
+pub fn store_view(objects: &HashMap<String, (bytes::Bytes, HashMap<String, String>)>) -> View {
+    const POSIX: [&str; 7] = ["mode", "uid", "gid", "mtime", "atime", "ctime", "rdev"];
+    let mut view = View::new();
+    for (key, (data, meta)) in objects {
+        if let Some(dir) = key.strip_suffix('/') {
+            view.insert(dir.to_string(), None);
+            continue;
+        }
+        let mode = meta
+            .get("mode")
+            .and_then(|m| m.parse::<u32>().ok())
+            .map_or(NEW_FILE_MODE, |m| m & 0o7777);
+        let xattrs = meta
+            .iter()
+            .filter(|(k, _)| !POSIX.contains(&k.as_str()))
+            .map(|(k, v)| (format!("user.{k}"), v.clone()))
+            .collect();
+        view.insert(key.clone(), Some((data.to_vec(), mode, xattrs)));
+    }
+    with_implied_dirs(view)
+}
