@@ -610,6 +610,9 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::BadHandle);
         };
         let mut guard = writer.lock().await;
+        // Checked under the writer's lock: the shutdown sets the flag, then stores each
+        // writer under its lock, so a write it did not wait for sees the flag.
+        self.check_writable()?;
         let written = match guard.write(offset, data).await {
             Ok(n) => n,
             Err(e) => {
@@ -685,6 +688,7 @@ impl<S: ObjectStore> Fs<S> {
             return Err(FsError::BadHandle);
         };
         let mut guard = writer.lock().await;
+        self.check_writable()?; // as in `write`
         let copied = guard.clone_range(source, offset_out, len)?;
         let size = guard.size();
         drop(guard);

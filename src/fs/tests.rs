@@ -1193,4 +1193,5 @@ mod posix;
 mod review;
 mod review_attrs;
 mod review_copy;
+mod review_keys;
 mod review_orphan;
