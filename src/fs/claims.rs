@@ -39,7 +39,12 @@ impl Binding {
 /// The binding of `ino` to its name now.
 pub(super) fn binding_of<W>(table: &InodeTable<W>, ino: u64) -> FsResult<Binding> {
     let inode = table.get(ino).ok_or(FsError::NotFound)?;
-    let named = ino == ROOT_INO || table.is_current(ino, &inode.key);
+    let named = ino == ROOT_INO
+        || (table.is_current(ino, &inode.key)
+            // (A parent the kernel has forgotten cannot have moved since.)
+            && table
+                .get(inode.parent)
+                .is_none_or(|dir| key_of(&dir.key, &inode.name, inode.kind()) == inode.key));
     if inode.is_unlinked() || !named {
         return Ok(Binding::Ended);
     }
@@ -47,6 +52,14 @@ pub(super) fn binding_of<W>(table: &InodeTable<W>, ino: u64) -> FsResult<Binding
         key: inode.key.clone(),
         displaced: inode.displaced().map(str::to_string),
     })
+}
+
+/// The key of `name` of `kind` in the directory whose key is `dir_key`.
+fn key_of(dir_key: &str, name: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Dir => format!("{dir_key}{name}/"),
+        _ => format!("{dir_key}{name}"),
+    }
 }
 
 /// The key `name` has in the directory `parent` now, as a file and as a directory tree.

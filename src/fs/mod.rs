@@ -392,10 +392,14 @@ impl<S: ObjectStore> Fs<S> {
         };
         // A directory renamed above the key while the probe ran may have been half moved.
         let (mut found, settled) = self.read_settled(&key, reader, || self.probe(&key)).await;
-        if self.dir_key(parent)? != parent_key {
-            return Ok(None);
-        }
         let mut inodes = self.inodes.lock().unwrap();
+        // Checked under the lock that records the answer: a directory rename recorded in
+        // between would otherwise get the child's old key written back.
+        match inodes.get(parent) {
+            Some(dir) if dir.key == parent_key => {}
+            Some(_) => return Ok(None),
+            None => return Err(FsError::NotFound),
+        }
         let orphan = was_orphan || inodes.is_orphan_key(&key);
         if matches!(&found, Ok((found_key, _)) if *found_key == key && orphan) {
             // A file unlinked while open: its object waits for the last close, the name is
@@ -438,6 +442,20 @@ impl<S: ObjectStore> Fs<S> {
                 let overtaken = inodes.names_stamp(parent) != names || !settled;
                 if overtaken && !last {
                     return Ok(None);
+                }
+                // A file being written here keeps its name until its commit makes the object.
+                if let Some(child) = inodes
+                    .child(parent, name)
+                    .filter(|c| c.has_writer() || c.is_pending())
+                {
+                    let entry = Entry {
+                        ino: child.ino,
+                        attrs: child.attrs.clone(),
+                    };
+                    if counted {
+                        inodes.add_lookup(entry.ino);
+                    }
+                    return Ok(Some(entry));
                 }
                 inodes.detach(parent, name);
                 if !overtaken {
@@ -589,6 +607,11 @@ impl<S: ObjectStore> Fs<S> {
                     let attrs = inodes.get(ino).ok_or(FsError::NotFound)?.attrs.clone();
                     return Ok((attrs, HashMap::new()));
                 }
+                // A file being written here keeps its name: its commit makes the object (and
+                // one writer per name stays true).
+                if let Some(inode) = inodes.get(ino).filter(|i| i.has_writer() || i.is_pending()) {
+                    return Ok((inode.attrs.clone(), HashMap::new()));
+                }
                 // The name goes only if it is still this inode's: a file made under it since
                 // (after this one was unlinked or renamed over) is another file.
                 if let Some(inode) = inodes.get(ino) {
@@ -701,6 +724,10 @@ impl<S: ObjectStore> Fs<S> {
             .await?;
         let expires = self.expiry();
         let mut inodes = self.inodes.lock().unwrap();
+        // The directory was renamed since this handle's listing began: its entries' keys are
+        // the old ones, and recording them would undo the rename's re-keying (a later unlink
+        // or commit through them would act on the old name). Shown, not recorded.
+        let plus = plus && inodes.get(dir_ino).is_some_and(|d| d.key == prefix);
         for (i, e) in entries.into_iter().enumerate() {
             let orphan =
                 !e.attrs.kind.is_dir() && inodes.is_orphan_key(&format!("{prefix}{}", e.name));

@@ -23,7 +23,7 @@ use super::read::FileReader;
 use super::write::FileWriter;
 use super::xattr::user_attributes;
 use super::{Entry, FileHandle, Fs};
-use crate::store::{ObjectStore, PutOptions, StoreError};
+use crate::store::{Expect, ObjectStore, PutOptions, StoreError};
 
 /// Keys copied (then deleted) at once when renaming a directory.
 const RENAME_CONCURRENCY: usize = 16;
@@ -754,21 +754,35 @@ impl<S: ObjectStore> Fs<S> {
     async fn commit_writer(&self, ino: u64, writer: &super::SharedWriter<S>) -> FsResult<()> {
         // The key the content goes to, and where a renamed-away upload completes (a writer
         // that is not the file's any more stores nothing).
-        let (_owned, ()) = self
+        // (The renamed-away key as a name: the object shows there for a moment, and reads
+        // wait rather than take it for a file.)
+        let (_owned, binding) = self
             .own(|table| {
-                let claims = match table.get(ino) {
-                    Some(inode) if table.is_writer_of(ino, writer) => {
-                        std::iter::once(inode.key.clone())
-                            .chain(inode.displaced().map(str::to_string))
-                            .map(Claim::Key)
-                            .collect()
-                    }
-                    _ => Vec::new(),
+                if !table.is_writer_of(ino, writer) {
+                    return Ok((Vec::new(), None));
+                }
+                let binding = super::claims::binding_of(table, ino)?;
+                let claims = match &binding {
+                    Binding::Bound { key, displaced } => std::iter::once(Claim::Key(key.clone()))
+                        .chain(displaced.iter().map(|d| Claim::Name(d.clone())))
+                        .collect(),
+                    Binding::Ended => Vec::new(),
                 };
-                Ok((claims, ()))
+                Ok((claims, Some(binding)))
             })
             .await?;
         let mut guard = writer.lock().await;
+        if binding == Some(Binding::Ended) && guard.is_dirty() && !guard.is_discarded() {
+            // The file lost its name without being unlinked or renamed over here (its object
+            // vanished, and the name went): its content has nowhere to go that is still its
+            // own. Reported, never stored over whatever holds the name now.
+            error!(
+                key = guard.key(),
+                "the file lost its name while open: not stored"
+            );
+            guard.discard().await;
+            return Err(FsError::Stale);
+        }
         let committed = match guard.commit().await {
             Ok(committed) => committed,
             Err(e) => {
@@ -884,7 +898,7 @@ impl<S: ObjectStore> Fs<S> {
         let (_owned, binding) = self.own_inode(ino).await?;
         let detached = binding == Binding::Ended;
         let (_, name, key, attrs) = self.current_parts(ino).await?;
-        debug!(ino, key, ?change, "setattr");
+        debug!(ino, key, ?change, ?binding, "setattr");
         let writer = self.writer_of(ino);
         let mut new_attrs = attrs.clone();
         if let Some(mode) = change.mode {
@@ -965,7 +979,14 @@ impl<S: ObjectStore> Fs<S> {
                             opts.user_metadata = metadata;
                         }
                         new_attrs.etag = if size == 0 {
-                            self.store.put(&key, Bytes::new(), &opts).await?
+                            // Over what was read only: another client's newer version is kept.
+                            let expect = match stored.as_ref().and_then(|i| i.etag.clone()) {
+                                Some(etag) => Expect::Version(etag),
+                                None => Expect::Absent,
+                            };
+                            self.store
+                                .put_expecting(&key, Bytes::new(), &opts, &expect)
+                                .await?
                         } else {
                             // To a size: the object rewritten in place, as a writer would.
                             let base = Base {
@@ -1081,8 +1102,11 @@ impl<S: ObjectStore> Fs<S> {
                 if info.content_type.is_some() {
                     opts.content_type = info.content_type;
                 }
+                // Pinned to the version read: another client's newer one is never given the
+                // old content (ESTALE instead).
+                let pinned = if_match.or(info.etag.as_deref());
                 let etag = self
-                    .copy_object_pinned(key, key, info.size, &opts, true, if_match)
+                    .copy_object_pinned(key, key, info.size, &opts, true, pinned)
                     .await?;
                 Ok((etag, Some(opts.user_metadata)))
             }
@@ -1265,18 +1289,11 @@ impl<S: ObjectStore> Fs<S> {
     /// Deletes the object an unlinked file left for its open handles, unless S3 holds another
     /// version under the key now (written by another client since: not ours to delete).
     async fn delete_orphan(&self, key: &str, orphan: &Orphan) -> FsResult<()> {
-        if let Some(etag) = &orphan.etag {
-            match self.store.head(key).await {
-                Ok(info) if info.etag.as_ref() != Some(etag) => {
-                    debug!(key, "an unlinked file's name holds a newer object: kept");
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(StoreError::NotFound) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
+        match &orphan.etag {
+            // Only that version (DeleteObject If-Match, checked with a HEAD first).
+            Some(etag) => Ok(self.store.delete_version(key, etag).await?),
+            None => self.delete_if_there(key).await,
         }
-        self.delete_if_there(key).await
     }
 
     /// Deletes the objects of every file unlinked while open (unmount). Each stays hidden
@@ -1489,7 +1506,8 @@ impl<S: ObjectStore> Fs<S> {
                 let source_key = self.inode_parts(source.ino)?.2;
                 let dest_prefix = format!("{new_key}/");
                 debug!(source_key, dest_prefix, "rename directory");
-                self.rename_dir(&source_key, &dest_prefix).await
+                self.rename_dir(&source_key, &dest_prefix, dest.is_some())
+                    .await
             }
         };
         if let Err(e) = moved {
@@ -1660,7 +1678,14 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
-    async fn rename_dir(&self, source_prefix: &str, dest_prefix: &str) -> FsResult<()> {
+    /// Moves every key below `source_prefix` to `dest_prefix` (an empty directory there when
+    /// `dest_existed`).
+    async fn rename_dir(
+        &self,
+        source_prefix: &str,
+        dest_prefix: &str,
+        dest_existed: bool,
+    ) -> FsResult<()> {
         if !self
             .inodes
             .lock()
@@ -1716,11 +1741,11 @@ impl<S: ObjectStore> Fs<S> {
         if let Some(Err(e)) = copied.iter().find(|c| c.is_err()) {
             // Nothing deleted yet: the old directory is whole. The copies made are taken
             // back, so the new name is as it was (empty or absent) unless that fails too.
-            // (Not the destination's marker: an empty directory renamed over had it before.)
+            // (Not the destination's marker when an empty directory renamed over had one.)
             let undo: Vec<BoxFuture<'_, FsResult<()>>> = moves
                 .iter()
                 .zip(&copied)
-                .filter(|((_, dest, _), c)| c.is_ok() && dest != dest_prefix)
+                .filter(|((_, dest, _), c)| c.is_ok() && !(dest_existed && dest == dest_prefix))
                 .map(|((_, dest, _), _)| self.delete_if_there(dest).boxed())
                 .collect();
             let undone: Vec<FsResult<()>> = futures::stream::iter(undo)

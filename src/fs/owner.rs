@@ -86,8 +86,9 @@ pub struct KeyOwner {
     released: Notify,
     /// Counts the claims that ended.
     epoch: AtomicU64,
-    /// The last claims that ended, with the epoch they ended at (oldest first).
-    recent: Mutex<VecDeque<(u64, Claim)>>,
+    /// The last claims that ended, with the epoch they ended at (oldest first), and the epoch
+    /// of the last one dropped from it.
+    recent: Mutex<(VecDeque<(u64, Claim)>, u64)>,
 }
 
 /// Claims held until dropped.
@@ -176,10 +177,9 @@ impl KeyOwner {
             return true;
         }
         let probe = Claim::Key(key.to_string());
-        let recent = self.recent.lock().unwrap();
-        let forgotten = recent.len() == RECENT_CLAIMS
-            && recent.front().is_some_and(|(ended, _)| *ended > epoch + 1);
-        forgotten
+        let (recent, evicted) = &*self.recent.lock().unwrap();
+        // A claim that ended after `epoch` may have been dropped already: counted as a change.
+        *evicted > epoch
             || recent
                 .iter()
                 .rev()
@@ -201,10 +201,12 @@ impl Drop for Owned<'_> {
             // Recorded under the same lock, so a reader never sees the claim neither held
             // nor ended.
             let ended = self.owner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut recent = self.owner.recent.lock().unwrap();
+            let (recent, evicted) = &mut *self.owner.recent.lock().unwrap();
             for claim in self.claims.drain(..) {
                 if recent.len() == RECENT_CLAIMS {
-                    recent.pop_front();
+                    if let Some((dropped, _)) = recent.pop_front() {
+                        *evicted = dropped;
+                    }
                 }
                 recent.push_back((ended, claim));
             }

@@ -23,7 +23,7 @@ use super::disk_cache::DiskCache;
 use super::error::{FsError, FsResult};
 use super::journal::UploadJournal;
 use super::patch::{base_error, Base, PartPlan, PatchFile};
-use crate::store::{ObjectStore, PutOptions, StoreResult, UploadedPart};
+use crate::store::{Expect, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart};
 
 /// S3's smallest part (all but the last) and largest part count.
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -783,10 +783,27 @@ impl<S: ObjectStore> FileWriter<S> {
             let upload = self.upload.as_ref().expect("checked above");
             (upload.key.clone(), upload.id.clone(), upload.opts.clone())
         };
-        let etag = self
-            .store
-            .complete_multipart(&upload_key, &id, &self.done_parts)
-            .await?;
+        let etag = if upload_key == self.key {
+            self.store
+                .complete_multipart(&upload_key, &id, &self.done_parts)
+                .await?
+        } else {
+            // Renamed away while uploading: the rename deleted the old name's object, so only
+            // another client can have written there since; its object is not replaced.
+            let completed = self
+                .store
+                .complete_multipart_expecting(&upload_key, &id, &self.done_parts, &Expect::Absent)
+                .await;
+            if completed == Err(StoreError::PreconditionFailed) {
+                error!(
+                    key = %self.key,
+                    old_name = %upload_key,
+                    "another client wrote the file's old name while it was uploading there: \
+                     its object is kept, and this file's content is not stored"
+                );
+            }
+            completed?
+        };
         self.journal_forget(&id);
         self.upload = None;
         self.done_parts.clear();
@@ -805,27 +822,30 @@ impl<S: ObjectStore> FileWriter<S> {
                 .copy(&self.key, &self.key, self.size, &self.opts, true)
                 .await;
         }
-        // Renamed while being written: the content moves to its final name.
+        // Renamed while being written: the content moves to its final name, copied and then
+        // deleted as the version just completed (never another client's written since).
         let copier = ServerCopy {
             store: self.store.as_ref(),
             journal: self.journal.as_deref(),
-            if_match: None,
+            if_match: etag.as_deref(),
         };
         let moved = copier
             .copy(&upload_key, &self.key, self.size, &self.opts, true)
             .await;
         match moved {
-            Ok(etag) => {
+            Ok(copied) => {
                 // A copy left there would bring the old name back: a few tries.
-                if let Err(e) = delete_tried(self.store.as_ref(), &upload_key).await {
+                let deleted = delete_tried(self.store.as_ref(), &upload_key, etag.as_deref());
+                if let Err(e) = deleted.await {
                     error!(key = %upload_key, "removing the pre-rename copy failed: {e}");
                 }
-                Ok(etag)
+                Ok(copied)
             }
             Err(e) => {
                 // The close reports the failure: nothing may stay behind under a name the
                 // file no longer has.
-                if let Err(delete) = delete_tried(self.store.as_ref(), &upload_key).await {
+                let deleted = delete_tried(self.store.as_ref(), &upload_key, etag.as_deref());
+                if let Err(delete) = deleted.await {
                     error!(
                         key = %self.key,
                         stored_under = %upload_key,
@@ -861,18 +881,35 @@ impl<S: ObjectStore> FileWriter<S> {
         if size <= single_part {
             let _permit = hold_budget(&self.budget, size as usize, self.budget_total).await;
             let body = patch.assemble(self.store.as_ref(), 0..size).await?;
-            return Ok(self.store.put(&self.key, body, &self.opts).await?);
+            return match in_place_expect(patch.base(), &self.key) {
+                // Over the version the change started from only: another client's newer
+                // one is kept (ESTALE).
+                Some(expect) => self
+                    .store
+                    .put_expecting(&self.key, body, &self.opts, &expect)
+                    .await
+                    .map_err(base_error),
+                None => Ok(self.store.put(&self.key, body, &self.opts).await?),
+            };
         }
         let plan = patch.plan(MIN_PART_SIZE, self.base_part_size);
         let id = self.store.create_multipart(&self.key, &self.opts).await?;
         self.journal_record(&self.key, &id);
+        let expect = in_place_expect(patch.base(), &self.key);
         let outcome = async {
             let parts = self.run_plan(&plan, &id).await?;
-            Ok::<_, FsError>(
-                self.store
-                    .complete_multipart(&self.key, &id, &parts)
-                    .await?,
-            )
+            Ok::<_, FsError>(match &expect {
+                Some(expect) => self
+                    .store
+                    .complete_multipart_expecting(&self.key, &id, &parts, expect)
+                    .await
+                    .map_err(base_error)?,
+                None => {
+                    self.store
+                        .complete_multipart(&self.key, &id, &parts)
+                        .await?
+                }
+            })
         }
         .await;
         match outcome {
@@ -998,14 +1035,26 @@ impl<S: ObjectStore> FileWriter<S> {
     }
 }
 
+/// What a change in place of `key` expects S3 to hold there: the version it started from.
+fn in_place_expect(base: Option<&Base>, key: &str) -> Option<Expect> {
+    base.filter(|b| b.key == key)
+        .and_then(|b| b.etag.clone())
+        .map(Expect::Version)
+}
+
 /// Tries to delete a stray copy of a file renamed while being written.
 const STRAY_DELETE_TRIES: u32 = 3;
 
-/// Deletes `key` (gone already counts as deleted), trying `STRAY_DELETE_TRIES` times.
-async fn delete_tried<S: ObjectStore>(store: &S, key: &str) -> StoreResult<()> {
+/// Deletes `key` (gone already counts as deleted; with `etag`, only that version), trying
+/// `STRAY_DELETE_TRIES` times.
+async fn delete_tried<S: ObjectStore>(store: &S, key: &str, etag: Option<&str>) -> StoreResult<()> {
     let mut tries = 1;
     loop {
-        match store.delete(key).await {
+        let deleted = match etag {
+            Some(etag) => store.delete_version(key, etag).await,
+            None => store.delete(key).await,
+        };
+        match deleted {
             Ok(()) | Err(crate::store::StoreError::NotFound) => return Ok(()),
             Err(e) if tries == STRAY_DELETE_TRIES => return Err(e),
             Err(_) => tries += 1,

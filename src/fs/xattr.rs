@@ -282,7 +282,9 @@ impl<S: ObjectStore> Fs<S> {
         match self.store.head(key).await {
             Ok(info) => {
                 opts.content_type = info.content_type;
-                self.copy_object_pinned(key, key, info.size, &opts, true, if_match)
+                // Pinned to the version read (see `persist_metadata`).
+                let pinned = if_match.or(info.etag.as_deref());
+                self.copy_object_pinned(key, key, info.size, &opts, true, pinned)
                     .await
             }
             Err(StoreError::NotFound) if kind == Kind::Dir => {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::buffers::BufferPool;
 use super::s3::S3Store;
 use super::{
-    ListPage, ObjectInfo, ObjectStore, PendingUpload, PutOptions, StoreError, StoreResult,
+    Expect, ListPage, ObjectInfo, ObjectStore, PendingUpload, PutOptions, StoreError, StoreResult,
     UploadedPart,
 };
 
@@ -240,6 +240,36 @@ impl ObjectStore for BucketsStore {
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
         let (store, key) = self.object(key)?;
         store.create_multipart(&key, opts).await
+    }
+
+    // Conditional writes are of files, which live in buckets: the bucket's store sends them.
+    async fn put_expecting(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        let (store, key) = self.object(key)?;
+        store.put_expecting(&key, body, opts, expect).await
+    }
+
+    async fn complete_multipart_expecting(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        let (store, key) = self.object(key)?;
+        store
+            .complete_multipart_expecting(&key, upload_id, parts, expect)
+            .await
+    }
+
+    async fn delete_version(&self, key: &str, etag: &str) -> StoreResult<()> {
+        let (store, key) = self.object(key)?;
+        store.delete_version(&key, etag).await
     }
 
     async fn upload_part(

@@ -11,7 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart};
+use super::{
+    Expect, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart,
+};
 
 /// The store operations a fault can be attached to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +215,37 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.check(Op::Delete).await?;
         self.inner.delete(key).await
+    }
+
+    async fn put_expecting(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        self.check(Op::Put).await?;
+        self.bytes_sent
+            .fetch_add(body.len() as u64, Ordering::SeqCst);
+        self.inner.put_expecting(key, body, opts, expect).await
+    }
+
+    async fn complete_multipart_expecting(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        self.check(Op::CompleteMultipart).await?;
+        self.inner
+            .complete_multipart_expecting(key, upload_id, parts, expect)
+            .await
+    }
+
+    async fn delete_version(&self, key: &str, etag: &str) -> StoreResult<()> {
+        self.check(Op::Delete).await?;
+        self.inner.delete_version(key, etag).await
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {

@@ -11,7 +11,9 @@ use bytes::Bytes;
 
 use std::collections::HashMap;
 
-use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart};
+use super::{
+    Expect, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart,
+};
 
 const DEFAULT_MAX_KEYS: usize = 1000;
 
@@ -101,7 +103,32 @@ impl MemoryStore {
         self.insert_with(key, data.into(), &PutOptions::default());
     }
 
+    /// `expect` checked against what `objects` holds, under their lock.
+    fn expected(
+        objects: &BTreeMap<String, StoredObject>,
+        key: &str,
+        expect: &Expect,
+    ) -> StoreResult<()> {
+        let holds = match (objects.get(key), expect) {
+            (None, Expect::Absent) => true,
+            (Some(o), Expect::Version(etag)) => o.info.etag.as_ref() == Some(etag),
+            _ => false,
+        };
+        holds.then_some(()).ok_or(StoreError::PreconditionFailed)
+    }
+
     fn insert_with(&self, key: &str, data: Bytes, opts: &PutOptions) -> String {
+        let mut objects = self.objects.lock().unwrap();
+        self.insert_locked(&mut objects, key, data, opts)
+    }
+
+    fn insert_locked(
+        &self,
+        objects: &mut BTreeMap<String, StoredObject>,
+        key: &str,
+        data: Bytes,
+        opts: &PutOptions,
+    ) -> String {
         let etag = format!("\"etag-{}\"", self.next_id());
         let info = ObjectInfo {
             key: key.to_string(),
@@ -114,10 +141,7 @@ impl MemoryStore {
             version_id: None,
             restore: None,
         };
-        self.objects
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), StoredObject { data, info });
+        objects.insert(key.to_string(), StoredObject { data, info });
         etag
     }
 
@@ -246,6 +270,38 @@ impl ObjectStore for MemoryStore {
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn put_expecting(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        let mut objects = self.objects.lock().unwrap();
+        Self::expected(&objects, key, expect)?;
+        Ok(Some(self.insert_locked(&mut objects, key, body, opts)))
+    }
+
+    async fn complete_multipart_expecting(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        // Checked, then completed: the memory store runs both without a yield between.
+        Self::expected(&self.objects.lock().unwrap(), key, expect)?;
+        self.complete_multipart(key, upload_id, parts).await
+    }
+
+    async fn delete_version(&self, key: &str, etag: &str) -> StoreResult<()> {
+        let mut objects = self.objects.lock().unwrap();
+        if Self::expected(&objects, key, &Expect::Version(etag.to_string())).is_ok() {
+            objects.remove(key);
+        }
         Ok(())
     }
 

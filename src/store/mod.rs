@@ -108,6 +108,34 @@ pub struct PendingUpload {
     pub initiated: SystemTime,
 }
 
+/// What a conditional write or delete expects the key to hold, so that it never replaces or
+/// deletes a version it did not see (another client's write since).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing (`If-None-Match: *`).
+    Absent,
+    /// This version, by its ETag (`If-Match`).
+    Version(String),
+}
+
+/// Checks `expect` against what `key` holds now (a HEAD): the fallback of stores that cannot
+/// send the condition with the request itself, leaving a window of one round trip.
+pub async fn check_expected<S: ObjectStore + ?Sized>(
+    store: &S,
+    key: &str,
+    expect: &Expect,
+) -> StoreResult<()> {
+    match (store.head(key).await, expect) {
+        (Err(StoreError::NotFound), Expect::Absent) => Ok(()),
+        (Ok(_), Expect::Absent) | (Err(StoreError::NotFound), Expect::Version(_)) => {
+            Err(StoreError::PreconditionFailed)
+        }
+        (Ok(info), Expect::Version(etag)) if info.etag.as_ref() == Some(etag) => Ok(()),
+        (Ok(_), Expect::Version(_)) => Err(StoreError::PreconditionFailed),
+        (Err(e), _) => Err(e),
+    }
+}
+
 /// One uploaded part of a multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadedPart {
@@ -207,6 +235,42 @@ pub trait ObjectStore: Send + Sync + 'static {
             return Err(StoreError::PreconditionFailed);
         }
         self.copy(source, dest, opts, replace_metadata).await
+    }
+
+    /// `put` only if `key` holds what `expect` says; `PreconditionFailed` otherwise. The
+    /// default checks with a HEAD first; stores that can send the condition override it.
+    async fn put_expecting(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        check_expected(self, key, expect).await?;
+        self.put(key, body, opts).await
+    }
+
+    /// `complete_multipart` only if `key` holds what `expect` says (as `put_expecting`); the
+    /// upload stays open when the condition fails (the caller aborts it).
+    async fn complete_multipart_expecting(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        check_expected(self, key, expect).await?;
+        self.complete_multipart(key, upload_id, parts).await
+    }
+
+    /// `delete` only if `key` still holds version `etag`: Ok, deleting nothing, when it is
+    /// gone or holds another version (not ours to delete).
+    async fn delete_version(&self, key: &str, etag: &str) -> StoreResult<()> {
+        match check_expected(self, key, &Expect::Version(etag.to_string())).await {
+            Ok(()) => self.delete(key).await,
+            Err(StoreError::PreconditionFailed) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks S3 to restore an archived object for `days` days (RestoreObject), at `tier`

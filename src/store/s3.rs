@@ -30,7 +30,9 @@ use aws_sdk_s3::types::{
 };
 
 use super::buffers::{BufferPool, POOLED_MIN};
-use super::{ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart};
+use super::{
+    Expect, ListPage, ObjectInfo, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart,
+};
 
 /// Sets the mount-wide upload options (storage class, encryption, ACL) on any request builder
 /// that creates an object (PutObject, CreateMultipartUpload, CopyObject).
@@ -43,6 +45,8 @@ macro_rules! with_upload_options {
             .set_acl($opts.acl.as_deref().map(ObjectCannedAcl::from))
     };
 }
+
+mod conditions;
 
 /// A key from a listing with `EncodingType=url`: `+` is a space and `%XX` a byte (the form
 /// S3 and botocore use); `None` when the bytes are not UTF-8.
@@ -117,6 +121,8 @@ pub struct S3Store {
     permits: Arc<Semaphore>,
     sdk_config: aws_config::SdkConfig,
     buffers: Arc<BufferPool>,
+    /// Whether the server refuses writes whose condition fails (see `conditions`).
+    conditions: tokio::sync::OnceCell<bool>,
 }
 
 /// Reads a PEM bundle of CA certificates into a trust store of the system's roots plus these.
@@ -228,6 +234,7 @@ impl S3Store {
             permits: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             sdk_config,
             buffers: BufferPool::new(settings.receive_pool_bytes),
+            conditions: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -510,6 +517,31 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn put_expecting(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        self.put_expecting_s3(key, body, opts, expect).await
+    }
+
+    async fn complete_multipart_expecting(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        self.complete_expecting_s3(key, upload_id, parts, expect)
+            .await
+    }
+
+    async fn delete_version(&self, key: &str, etag: &str) -> StoreResult<()> {
+        self.delete_version_s3(key, etag).await
+    }
+
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> StoreResult<String> {
         let _permit = self.connection().await;
         let request = self
@@ -738,6 +770,8 @@ impl S3Store {
             permits: self.permits.clone(),
             sdk_config: self.sdk_config.clone(),
             buffers: self.buffers.clone(),
+            // The same server: what it honours is known once asked.
+            conditions: self.conditions.clone(),
         }
     }
 

@@ -302,3 +302,93 @@ async fn after_the_shutdown_began_writes_on_open_descriptors_are_refused() {
     );
     assert_eq!(&store.inner().get("f").unwrap()[..], b"before");
 }
+
+// 6. An upload that completed under a file's old name destroyed another client's object
+//    there: the file was renamed while its multipart upload ran (this mount deleted the old
+//    name's object at once), another client wrote the old name, and the close completed the
+//    upload over it, copied it to the new name and deleted it. Now the completion there
+//    expects nothing under the old name: the other client's object stays, and the close
+//    reports that this file's content was not stored.
+#[tokio::test]
+async fn an_upload_renamed_away_never_replaces_another_clients_object_under_the_old_name() {
+    let (store, fs) = super::multipart_fs(&[]);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("f"), 0o644, ROOT)
+        .await
+        .unwrap();
+    let data = super::pattern(11 << 20, 5);
+    super::write_at(&fs, fh, 0, &data[..6 << 20]).await;
+    fs.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new("g"), false)
+        .await
+        .unwrap();
+    super::write_at(&fs, fh, 6 << 20, &data[6 << 20..]).await;
+    store.inner().insert("f", "another client's"); // a second machine writes f
+    assert_eq!(fs.commit(fh).await.unwrap_err().errno(), libc::ESTALE);
+    fs.release(fh).await;
+    assert_eq!(&store.inner().get("f").unwrap()[..], b"another client's");
+    assert_eq!(
+        store.inner().get("g"),
+        None,
+        "nothing stored under the new name"
+    );
+    assert_eq!(store.inner().open_uploads(), 0, "the upload was aborted");
+}
+
+// A change in place (a write into an existing object) commits only over the version it
+// started from: another client's newer version is kept, and the close gets ESTALE.
+#[tokio::test]
+async fn a_change_in_place_never_replaces_a_newer_version_written_meanwhile() {
+    let (store, fs) = fs_with(&[("f", "0123456789")], super::posix::with_disk());
+    let f = lookup_path(&fs, "f").await.unwrap();
+    let fh = fs.open(f.ino, libc::O_RDWR).await.unwrap();
+    fs.write(fh, 2, b"XY").await.unwrap();
+    store.inner().insert("f", "newer, from another client");
+    assert_eq!(fs.commit(fh).await.unwrap_err().errno(), libc::ESTALE);
+    fs.release(fh).await;
+    assert_eq!(
+        &store.inner().get("f").unwrap()[..],
+        b"newer, from another client"
+    );
+}
+
+// From the review of the key owner: a directory handle listed before a rename re-recorded
+// the renamed directory's children under their old keys; an unlink through the new name then
+// deleted a new file made under the old one.
+#[tokio::test]
+async fn a_listing_taken_before_a_directory_rename_does_not_bring_old_keys_back() {
+    let config = FsConfig {
+        metadata_ttl: Duration::from_secs(60),
+        ..FsConfig::default()
+    };
+    let (store, fs) = fs_with(&[("d/x", "x"), ("d/y", "old")], config);
+    let d = lookup_path(&fs, "d").await.unwrap().ino;
+    fs.lookup(d, OsStr::new("y")).await.unwrap();
+    let dh = fs.opendir(d).unwrap();
+    let first = fs.readdir(dh, 0, 3, true).await.unwrap();
+    fs.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), false)
+        .await
+        .unwrap();
+    let rest = fs
+        .readdir(dh, first.last().unwrap().offset, 3, true)
+        .await
+        .unwrap();
+    fs.releasedir(dh);
+    for item in first.iter().chain(&rest).filter(|i| i.counted) {
+        fs.forget(item.entry.ino, 1);
+    }
+    let new_d = fs
+        .mkdir(ROOT_INO, OsStr::new("d"), 0o755, ROOT)
+        .await
+        .unwrap()
+        .ino;
+    let (_, w) = fs
+        .create(new_d, OsStr::new("y"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(w, 0, b"victim").await.unwrap();
+    fs.commit(w).await.unwrap();
+    fs.release(w).await;
+    fs.unlink(d, OsStr::new("y")).await.unwrap(); // d is "e" now
+    assert_eq!(&store.inner().get("d/y").unwrap()[..], b"victim");
+    assert_eq!(store.inner().get("e/y"), None);
+}

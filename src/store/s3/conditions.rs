@@ -1,0 +1,187 @@
+//! Conditional writes (`If-Match`, `If-None-Match`) on S3: sent with the request where the
+//! server honours them, so a write never replaces a version it did not see. Whether it does is
+//! asked once, with a scratch object (`probe_conditions`); a server that ignores them (the
+//! request succeeds anyway) gets a HEAD check right before each conditional request instead,
+//! which leaves a window of one round trip.
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ObjectCannedAcl, ServerSideEncryption, StorageClass,
+};
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use super::{classify, metadata_or_none, S3Store};
+use crate::store::{
+    check_expected, Expect, ObjectStore, PutOptions, StoreError, StoreResult, UploadedPart,
+};
+
+/// Name of the scratch object of the probe, beside the first key written conditionally.
+const PROBE_NAME: &str = ".bucketfs-condition-probe";
+
+impl S3Store {
+    /// True when the server refuses a write whose condition fails; asked once.
+    pub(super) async fn honours_conditions(&self, near: &str) -> bool {
+        *self
+            .conditions
+            .get_or_init(|| async {
+                let dir = near.rfind('/').map_or("", |i| &near[..=i]);
+                let probe = format!("{dir}{PROBE_NAME}-{}", std::process::id());
+                let honoured = self.probe_conditions(&probe).await;
+                match honoured {
+                    Ok(true) => info!("the server honours conditional writes (If-Match)"),
+                    Ok(false) => warn!(
+                        "the server ignores conditional writes (If-Match, If-None-Match): each is \
+                         checked with a HEAD right before it instead, so another client's write \
+                         in that moment can still be replaced"
+                    ),
+                    Err(ref e) => warn!(
+                        "could not find out whether the server honours conditional writes \
+                         ({e}): checked with a HEAD before each"
+                    ),
+                }
+                honoured.unwrap_or(false)
+            })
+            .await
+    }
+
+    /// PUT `probe`, PUT it again with `If-None-Match: *` (must fail), DELETE it.
+    async fn probe_conditions(&self, probe: &str) -> StoreResult<bool> {
+        self.put(probe, Bytes::new(), &PutOptions::default())
+            .await?;
+        let again = self
+            .put_sending(probe, Bytes::new(), &PutOptions::default(), &Expect::Absent)
+            .await;
+        let deleted = self.delete(probe).await;
+        let honoured = match again {
+            Err(StoreError::PreconditionFailed) => true,
+            Ok(_) => false,
+            Err(e) => return Err(e),
+        };
+        deleted?;
+        Ok(honoured)
+    }
+
+    pub(super) async fn put_expecting_s3(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        if !self.honours_conditions(key).await {
+            check_expected(self, key, expect).await?;
+        }
+        self.put_sending(key, body, opts, expect).await
+    }
+
+    /// PutObject with the condition sent (a server that ignores it writes anyway).
+    async fn put_sending(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        let _permit = self.connection().await;
+        let (if_match, if_none_match) = headers(expect);
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .set_content_type(opts.content_type.clone())
+            .set_metadata(metadata_or_none(opts))
+            .set_if_match(if_match)
+            .set_if_none_match(if_none_match);
+        let out = with_upload_options!(request, opts)
+            .send()
+            .await
+            .map_err(|e| conditional(classify(e, key)))?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
+    pub(super) async fn complete_expecting_s3(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        expect: &Expect,
+    ) -> StoreResult<Option<String>> {
+        if !self.honours_conditions(key).await {
+            check_expected(self, key, expect).await?;
+        }
+        let _permit = self.connection().await;
+        let completed = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.number)
+                    .set_e_tag(p.etag.clone())
+                    .build()
+            })
+            .collect();
+        let (if_match, if_none_match) = headers(expect);
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .set_if_match(if_match)
+            .set_if_none_match(if_none_match)
+            .send()
+            .await
+            .map_err(|e| conditional(classify(e, key)))?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
+    /// DeleteObject of one version: checked with a HEAD first (not every server that honours
+    /// conditional writes honours a conditional delete), and sent with `If-Match` too.
+    pub(super) async fn delete_version_s3(&self, key: &str, etag: &str) -> StoreResult<()> {
+        match check_expected(self, key, &Expect::Version(etag.to_string())).await {
+            Ok(()) => {}
+            Err(StoreError::PreconditionFailed) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let _permit = self.connection().await;
+        let sent = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(etag)
+            .send()
+            .await;
+        match sent.map_err(|e| classify(e, key)) {
+            Ok(_) | Err(StoreError::NotFound) | Err(StoreError::PreconditionFailed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The request headers of `expect`: (If-Match, If-None-Match).
+fn headers(expect: &Expect) -> (Option<String>, Option<String>) {
+    match expect {
+        Expect::Absent => (None, Some("*".to_string())),
+        Expect::Version(etag) => (Some(etag.clone()), None),
+    }
+}
+
+/// A conditional write on a key that is gone (404) failed its condition; AWS answers a race
+/// between two conditional writes with 409 ConditionalRequestConflict.
+fn conditional(error: StoreError) -> StoreError {
+    match error {
+        StoreError::NotFound => StoreError::PreconditionFailed,
+        StoreError::InvalidRequest(m) if m.contains("ConditionalRequestConflict") => {
+            StoreError::PreconditionFailed
+        }
+        other => other,
+    }
+}
