@@ -13,6 +13,7 @@ pub mod journal;
 pub mod names;
 pub mod namespace;
 pub mod owner;
+pub mod parts;
 pub mod patch;
 pub mod read;
 pub mod special;

@@ -17,7 +17,8 @@ use tracing::warn;
 
 use super::disk_cache::DiskCache;
 use super::error::{FsError, FsResult};
-use super::write::{MAX_PARTS, MIN_PART_SIZE};
+pub use super::parts::MAX_PART_SIZE;
+use super::parts::{MAX_PARTS, MIN_PART_SIZE};
 use crate::store::{ObjectStore, StoreError};
 
 /// Disk space is counted in blocks of this size: a one-byte write into a sparse scratch file
@@ -26,9 +27,6 @@ const BLOCK: u64 = 4096;
 
 /// S3's largest object: a file is never written or truncated past it (EFBIG).
 pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
-
-/// S3's largest part, for UploadPartCopy too.
-pub const MAX_PART_SIZE: u64 = 5 << 30;
 
 /// The object a patched file started from.
 #[derive(Debug, Clone, PartialEq, Eq)]
