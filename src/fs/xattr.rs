@@ -234,7 +234,8 @@ impl<S: ObjectStore> Fs<S> {
         match self.writer_of(ino) {
             Some(writer) => {
                 let mut writer = writer.lock().await;
-                writer.opts_mut().user_metadata = metadata.clone();
+                let previous =
+                    std::mem::replace(&mut writer.opts_mut().user_metadata, metadata.clone());
                 // Unsent content carries them at its commit; else a self-copy now, under the
                 // writer's lock, and later changes in place start from the copy.
                 if !writer.is_dirty() && !writer.is_discarded() && !local_only {
@@ -242,9 +243,17 @@ impl<S: ObjectStore> Fs<S> {
                         .base()
                         .filter(|b| b.size > 0 && b.key == key)
                         .and_then(|b| b.etag.clone());
-                    let etag = self
+                    let stored = self
                         .store_metadata(&key, attrs.kind, metadata, pinned.as_deref())
-                        .await?;
+                        .await;
+                    let etag = match stored {
+                        Ok(etag) => etag,
+                        Err(e) => {
+                            // A change that failed changes nothing, not even later.
+                            writer.opts_mut().user_metadata = previous;
+                            return Err(e);
+                        }
+                    };
                     writer.rebase(key.clone(), etag.clone());
                     if attrs.kind != Kind::Dir {
                         attrs.etag = etag;

@@ -17,6 +17,10 @@ pub enum Step {
     OpenTrunc(String),
     /// open(O_RDONLY).
     OpenRead(String),
+    /// open(O_RDWR) of an existing file: writes change it in place.
+    OpenRw(String),
+    /// pwrite at an offset through the program's descriptor.
+    Pwrite(u64, Vec<u8>),
     /// pwrite at 0 through the program's descriptor.
     Write(Vec<u8>),
     /// ftruncate through the program's (writing) descriptor.
@@ -39,6 +43,9 @@ pub enum Step {
     Mkdir(String),
     Rmdir(String),
     List(String),
+    /// SIGTERM: every file open for writing is stored, and every change from then on is
+    /// refused (`EROFS`); closing and reading go on.
+    Shutdown,
 }
 
 impl Step {
@@ -47,6 +54,7 @@ impl Step {
         matches!(
             self,
             Step::Write(_)
+                | Step::Pwrite(..)
                 | Step::Ftruncate(_)
                 | Step::Fchmod(_)
                 | Step::Fsetxattr(..)
@@ -90,6 +98,14 @@ pub struct Model {
     pub next_id: u32,
     /// Program index -> its open descriptor.
     pub fds: BTreeMap<usize, Fd>,
+    /// The shutdown began: changes fail.
+    pub shutting_down: bool,
+    /// Directory renames so far, in order: a step resolves its path's directories before it
+    /// acts, so a directory renamed in between is acted in under its new name (as Linux does:
+    /// the step holds the directory, not its name).
+    pub moves: Vec<(String, String)>,
+    /// Program index -> how many of `moves` had happened when its last step ended.
+    pub since: BTreeMap<usize, usize>,
 }
 
 /// What an observer sees: path -> Some((bytes, mode, xattrs)) for a file, None for a
@@ -122,6 +138,9 @@ impl Model {
             nodes: BTreeMap::new(),
             next_id: 1,
             fds: BTreeMap::new(),
+            shutting_down: false,
+            moves: Vec::new(),
+            since: BTreeMap::new(),
         };
         for dir in dirs {
             model.nodes.insert(dir.to_string(), Node::Dir);
@@ -162,8 +181,11 @@ impl Model {
         with_implied_dirs(view)
     }
 
+    /// A directory: the root, a marker, or implied by a name below it (as S3 shows it).
     fn is_dir(&self, path: &str) -> bool {
-        path.is_empty() || matches!(self.nodes.get(path), Some(Node::Dir))
+        path.is_empty()
+            || matches!(self.nodes.get(path), Some(Node::Dir))
+            || (!self.nodes.contains_key(path) && self.has_children(path))
     }
 
     fn has_children(&self, dir: &str) -> bool {
@@ -188,6 +210,18 @@ impl Model {
 
     /// Applies `step` of program `prog` as if it ran alone now; Err when it would fail.
     pub fn apply(&mut self, prog: usize, step: &Step) -> Result<(), ()> {
+        let changes = !matches!(
+            step,
+            Step::OpenRead(_)
+                | Step::Fstat
+                | Step::Fsync
+                | Step::Close
+                | Step::List(_)
+                | Step::Shutdown
+        );
+        if self.shutting_down && changes {
+            return Err(());
+        }
         match step {
             Step::Create(path) => {
                 if !self.is_dir(parent(path)) || self.nodes.contains_key(path) {
@@ -213,18 +247,31 @@ impl Model {
                     },
                 );
             }
-            Step::OpenTrunc(path) | Step::OpenRead(path) => {
+            Step::OpenTrunc(path) | Step::OpenRead(path) | Step::OpenRw(path) => {
                 let file = self.file_mut(path).ok_or(())?;
                 let (id, meta) = (file.id, (file.mode, file.xattrs.clone()));
-                let writing = matches!(step, Step::OpenTrunc(_));
+                let data = match step {
+                    Step::OpenTrunc(_) => Some(Vec::new()),
+                    Step::OpenRw(_) => Some(file.data.clone()),
+                    _ => None,
+                };
+                let meta_at_open = data.is_some().then_some(meta);
                 self.fds.insert(
                     prog,
                     Fd {
                         id,
-                        data: writing.then(Vec::new),
-                        meta_at_open: writing.then_some(meta),
+                        data,
+                        meta_at_open,
                     },
                 );
+            }
+            Step::Pwrite(offset, bytes) => {
+                let data = self.fds.get_mut(&prog).ok_or(())?.data.as_mut().ok_or(())?;
+                let (start, end) = (*offset as usize, *offset as usize + bytes.len());
+                if data.len() < end {
+                    data.resize(end, 0);
+                }
+                data[start..end].copy_from_slice(bytes);
             }
             Step::Write(bytes) => {
                 let data = self.fds.get_mut(&prog).ok_or(())?.data.as_mut().ok_or(())?;
@@ -295,6 +342,13 @@ impl Model {
                     return Err(());
                 }
             }
+            Step::Shutdown => {
+                self.shutting_down = true;
+                let open: Vec<usize> = self.fds.keys().copied().collect();
+                for prog in open {
+                    self.store_fd(prog)?;
+                }
+            }
         }
         Ok(())
     }
@@ -330,6 +384,7 @@ impl Model {
         self.nodes.remove(to);
         let node = self.nodes.remove(from).expect("checked");
         if matches!(node, Node::Dir) {
+            self.moves.push((from.to_string(), to.to_string()));
             let prefix = format!("{from}/");
             let below: Vec<String> = self
                 .nodes
@@ -381,12 +436,7 @@ impl Model {
                             outcome.nodes.insert(path.clone(), node);
                         }
                     }
-                    // The source directory itself stays while anything is below it.
-                    for (path, node) in &sources {
-                        if matches!(node, Node::Dir) && outcome.has_children(path) {
-                            outcome.nodes.insert(path.clone(), Node::Dir);
-                        }
-                    }
+                    // (The source directory stays implied while anything is below it.)
                     outcomes.push(outcome);
                 }
                 // Failed while copying: every source stays, and any of the copies.
@@ -444,6 +494,55 @@ impl Model {
     }
 }
 
+/// `path` as named after the directory renames `moves`.
+fn moved(path: &str, moves: &[(String, String)]) -> String {
+    let mut path = path.to_string();
+    for (from, to) in moves {
+        if path == *from {
+            path = to.clone();
+        } else if let Some(rest) = path.strip_prefix(&format!("{from}/")) {
+            path = format!("{to}/{rest}");
+        }
+    }
+    path
+}
+
+impl Step {
+    /// This step with its paths renamed by `moves` (see `Model::moves`).
+    fn through(&self, moves: &[(String, String)]) -> Step {
+        let m = |p: &String| moved(p, moves);
+        match self {
+            Step::Create(p) => Step::Create(m(p)),
+            Step::OpenTrunc(p) => Step::OpenTrunc(m(p)),
+            Step::OpenRead(p) => Step::OpenRead(m(p)),
+            Step::OpenRw(p) => Step::OpenRw(m(p)),
+            Step::Truncate(p, n) => Step::Truncate(m(p), *n),
+            Step::Unlink(p) => Step::Unlink(m(p)),
+            Step::Rename(a, b) => Step::Rename(m(a), m(b)),
+            Step::Chmod(p, mode) => Step::Chmod(m(p), *mode),
+            Step::SetXattr(p, k, v) => Step::SetXattr(m(p), k.clone(), v.clone()),
+            Step::Mkdir(p) => Step::Mkdir(m(p)),
+            Step::Rmdir(p) => Step::Rmdir(m(p)),
+            Step::List(p) => Step::List(m(p)),
+            other => other.clone(),
+        }
+    }
+}
+
+/// The ways `step` of `prog` may have named its paths: resolved after any of the directory
+/// renames since its program's last step.
+fn variants(state: &Model, prog: usize, step: &Step) -> Vec<Step> {
+    let since = state.since.get(&prog).copied().unwrap_or(0);
+    let mut out: Vec<Step> = Vec::new();
+    for k in since..=state.moves.len() {
+        let variant = step.through(&state.moves[k..]);
+        if !out.contains(&variant) {
+            out.push(variant);
+        }
+    }
+    out
+}
+
 /// One program's steps with what each returned: Ok, Err(errno name), or None when skipped
 /// (its descriptor was never opened).
 pub type Outcome = Option<Result<(), String>>;
@@ -479,20 +578,23 @@ fn search(
             continue;
         };
         let mut nexts = Vec::new();
-        match outcome {
-            None => nexts.push(state.clone()),
-            Some(Ok(())) => {
-                let mut next = state.clone();
-                if next.apply(prog, step).is_ok() {
-                    nexts.push(next);
+        for step in variants(&state, prog, step) {
+            match outcome {
+                None => nexts.push(state.clone()),
+                Some(Ok(())) => {
+                    let mut next = state.clone();
+                    if next.apply(prog, &step).is_ok() {
+                        nexts.push(next);
+                    }
+                }
+                Some(Err(_)) => {
+                    nexts.push(state.clone());
+                    nexts.extend(state.failure_outcomes(prog, &step));
                 }
             }
-            Some(Err(_)) => {
-                nexts.push(state.clone());
-                nexts.extend(state.failure_outcomes(prog, step));
-            }
         }
-        for next in nexts {
+        for mut next in nexts {
+            next.since.insert(prog, next.moves.len());
             positions[prog] += 1;
             let found = search(next, programs, positions, observed, seen);
             positions[prog] -= 1;

@@ -111,10 +111,11 @@ async fn run_step_with(
                 refs: held,
             });
         }
-        Step::OpenTrunc(path) | Step::OpenRead(path) => {
+        Step::OpenTrunc(path) | Step::OpenRead(path) | Step::OpenRw(path) => {
             let ino = resolve(fs, path, refs).await?;
             let flags = match step {
                 Step::OpenTrunc(_) => libc::O_WRONLY | libc::O_TRUNC,
+                Step::OpenRw(_) => libc::O_RDWR,
                 _ => libc::O_RDONLY,
             };
             let fh = fs.open(ino, flags).await?;
@@ -129,6 +130,10 @@ async fn run_step_with(
         Step::Write(data) => {
             let fd = open.as_ref().expect("checked");
             fs.write(fd.fh, 0, data).await?;
+        }
+        Step::Pwrite(offset, data) => {
+            let fd = open.as_ref().expect("checked");
+            fs.write(fd.fh, *offset, data).await?;
         }
         Step::Ftruncate(size) => {
             let fd = open.as_ref().expect("checked");
@@ -209,6 +214,13 @@ async fn run_step_with(
         Step::List(path) => {
             let ino = resolve(fs, path, refs).await?;
             list(fs, ino, refs).await?;
+        }
+        Step::Shutdown => {
+            fs.begin_shutdown();
+            let unstored = fs.commit_all().await;
+            if !unstored.is_empty() {
+                return Err(FsError::Io(format!("not stored: {unstored:?}")));
+            }
         }
     }
     Ok(())

@@ -133,7 +133,8 @@ impl<S: ObjectStore> Fs<S> {
                     // New POSIX headers; the user attributes the writer carries stay.
                     let mut metadata = user_attributes(&writer.opts().user_metadata);
                     metadata.extend(self.put_options(&name, &new_attrs).user_metadata);
-                    writer.opts_mut().user_metadata = metadata;
+                    let previous =
+                        std::mem::replace(&mut writer.opts_mut().user_metadata, metadata);
                     // Unsent content carries them at its commit; else a self-copy now, under
                     // the writer's lock, and later changes in place start from the copy.
                     if !writer.is_dirty() && !writer.is_discarded() && !local_only {
@@ -142,9 +143,17 @@ impl<S: ObjectStore> Fs<S> {
                             .base()
                             .filter(|b| b.size > 0 && b.key == key)
                             .and_then(|b| b.etag.clone());
-                        let (etag, _) = self
+                        let persisted = self
                             .persist_metadata(&name, &key, &new_attrs, None, pinned.as_deref())
-                            .await?;
+                            .await;
+                        let (etag, _) = match persisted {
+                            Ok(persisted) => persisted,
+                            Err(e) => {
+                                // A change that failed changes nothing, not even later.
+                                writer.opts_mut().user_metadata = previous;
+                                return Err(e);
+                            }
+                        };
                         writer.rebase(key.clone(), etag.clone());
                         if new_attrs.kind == Kind::File {
                             new_attrs.etag = etag;
