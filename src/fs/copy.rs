@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::error::FsResult;
 use super::journal::UploadJournal;
-use crate::store::{ObjectStore, PutOptions, StoreError, UploadedPart};
+use crate::store::{Expect, ObjectStore, PutOptions, StoreError, UploadedPart};
 
 /// Largest object a single CopyObject can copy; bigger ones are copied part by part.
 pub const MAX_COPY_OBJECT: u64 = 5 << 30;
@@ -80,9 +80,17 @@ impl<S: ObjectStore> ServerCopy<'_, S> {
             .buffered(COPY_CONCURRENCY)
             .try_collect()
             .await;
-        let result = match copied {
-            Ok(parts) => self.store.complete_multipart(dest, &id, &parts).await,
-            Err(e) => Err(e),
+        let result = match (copied, self.if_match) {
+            // A copy onto itself (new metadata) completes only over the version it copied:
+            // another client's newer version written after the last part is kept.
+            (Ok(parts), Some(etag)) if source == dest => {
+                let expect = Expect::Version(etag.to_string());
+                self.store
+                    .complete_multipart_expecting(dest, &id, &parts, &expect)
+                    .await
+            }
+            (Ok(parts), _) => self.store.complete_multipart(dest, &id, &parts).await,
+            (Err(e), _) => Err(e),
         };
         let outcome = match result {
             Ok(etag) => Ok(etag),

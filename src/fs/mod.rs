@@ -181,6 +181,9 @@ struct DirHandle {
     listing: DirListing,
     /// The snapshot epoch when this listing (re)started (see `DirSnapshots`).
     epoch: u64,
+    /// The inode table's stamp then: attributes this mount set since are newer than any page
+    /// of this listing, and kept.
+    stamp: u64,
 }
 
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;
@@ -632,6 +635,7 @@ impl<S: ObjectStore> Fs<S> {
             ino,
             listing: DirListing::new(prefix, self.config.defaults, self.mount_time),
             epoch: self.snapshots.epoch(),
+            stamp: self.inodes.lock().unwrap().stamp(),
         };
         let mut handle = handle;
         handle.listing.set_local(self.local_children(ino));
@@ -663,6 +667,7 @@ impl<S: ObjectStore> Fs<S> {
         if offset == 0 {
             handle.listing.restart();
             handle.epoch = self.snapshots.epoch();
+            handle.stamp = self.inodes.lock().unwrap().stamp();
             let local = self.local_children(dir_ino);
             handle.listing.set_local(local);
         }
@@ -745,7 +750,15 @@ impl<S: ObjectStore> Fs<S> {
             let entry = if plus {
                 // An unverified entry is expired at once: a lookup asks the store.
                 let expires = if verified { expires } else { Instant::now() };
-                let inode = inodes.upsert_child(dir_ino, &e.name, key, e.attrs, expires, true);
+                let inode = inodes.upsert_child_since(
+                    dir_ino,
+                    &e.name,
+                    key,
+                    e.attrs,
+                    expires,
+                    true,
+                    handle.stamp,
+                );
                 Entry {
                     ino: inode.ino,
                     attrs: inode.attrs.clone(),

@@ -265,6 +265,13 @@ impl<S: ObjectStore> FileWriter<S> {
         self.state = State::Orphaned;
     }
 
+    /// The file lost its name (found gone, not unlinked or renamed over here) while this
+    /// writer had content to store: the writer fails, so this and every later call through it
+    /// report it (ESTALE), never a silent drop.
+    pub async fn lose_name(&mut self) -> FsError {
+        self.fail(FsError::Stale).await
+    }
+
     /// The key of a multipart upload in progress when the file was renamed away from it since
     /// (see `set_key`): the object appears there for a moment at commit.
     pub fn displaced_key(&self) -> Option<&str> {

@@ -221,8 +221,10 @@ impl<S: ObjectStore> Fs<S> {
                 key = guard.key(),
                 "the file lost its name while open: not stored"
             );
-            guard.discard().await;
-            return Err(FsError::Stale);
+            let error = guard.lose_name().await;
+            drop(guard);
+            self.writer_failed(ino, writer);
+            return Err(error);
         }
         let committed = match guard.commit().await {
             Ok(committed) => committed,

@@ -392,3 +392,69 @@ async fn a_listing_taken_before_a_directory_rename_does_not_bring_old_keys_back(
     assert_eq!(&store.inner().get("d/y").unwrap()[..], b"victim");
     assert_eq!(store.inner().get("e/y"), None);
 }
+
+// From the final review: a file being written whose name a listing took for a directory (another
+// client made `f/x`) lost its binding; the commit then discarded the writer and later writes
+// and the final close returned 0 with nothing stored. Now the writer fails: every later call
+// through it reports ESTALE.
+#[tokio::test]
+async fn a_writer_whose_name_was_taken_by_a_directory_reports_every_later_call() {
+    let (store, fs) = fs_of(&[]);
+    let (_, fh) = fs
+        .create(ROOT_INO, OsStr::new("f"), 0o644, ROOT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"a").await.unwrap();
+    store.inner().insert("f/x", "another client's");
+    let dh = fs.opendir(ROOT_INO).unwrap();
+    let listed = fs.readdir(dh, 0, 100, true).await.unwrap();
+    fs.releasedir(dh);
+    for item in listed.iter().filter(|i| i.counted) {
+        fs.forget(item.entry.ino, 1);
+    }
+    assert_eq!(fs.commit(fh).await.unwrap_err().errno(), libc::ESTALE);
+    assert!(
+        fs.write(fh, 1, b"b").await.is_err(),
+        "a later write is refused"
+    );
+    assert!(fs.commit(fh).await.is_err(), "and so is the final close");
+    fs.release(fh).await;
+    assert_eq!(store.inner().get("f"), None);
+}
+
+// From the final review: a listing page fetched before this mount stored a new version gave
+// the file its old size and ETag back, and a truncate to the old size was skipped.
+#[tokio::test]
+async fn a_listing_fetched_before_a_commit_does_not_bring_the_old_size_back() {
+    let mut keys: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("d/{i:03}"), "x".into()))
+        .collect();
+    keys.push(("d/f".into(), "0123456789".into()));
+    let refs: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let config = FsConfig {
+        metadata_ttl: Duration::from_secs(60),
+        ..super::posix::with_disk()
+    };
+    let (store, fs) = fs_with(&refs, config);
+    let d = lookup_path(&fs, "d").await.unwrap().ino;
+    let dh = fs.opendir(d).unwrap();
+    let first = fs.readdir(dh, 0, 3, true).await.unwrap();
+    let f = fs.lookup(d, OsStr::new("f")).await.unwrap();
+    let fh = fs
+        .open(f.ino, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"01234567890123456789").await.unwrap();
+    fs.commit(fh).await.unwrap();
+    fs.release(fh).await;
+    let rest = fs
+        .readdir(dh, first.last().unwrap().offset, 400, true)
+        .await
+        .unwrap();
+    fs.releasedir(dh);
+    for item in first.iter().chain(&rest).filter(|i| i.counted) {
+        fs.forget(item.entry.ino, 1);
+    }
+    fs.setattr(f.ino, truncate(10)).await.unwrap();
+    assert_eq!(store.inner().get("d/f").unwrap().len(), 10);
+}
