@@ -205,15 +205,22 @@ impl<S: ObjectStore> Fs<S> {
             }
         } else {
             let opts = self.put_options(new_name, &attrs);
-            let stored_size = patch_base.unwrap_or(attrs.size);
+            let mut stored_size = patch_base.unwrap_or(attrs.size);
             // A writer's content starts from one version of the object (its base): that is
             // the version that moves, or the rename fails (ESTALE) if another client replaced
             // it meanwhile, rather than the change landing on their version.
-            let pinned = source_guard
+            let mut pinned = source_guard
                 .as_ref()
                 .and_then(|g| g.base())
                 .filter(|b| b.size > 0 && b.key == source_key)
                 .and_then(|b| b.etag.clone());
+            if pinned.is_none() && stored_size > crate::fs::copy::MAX_COPY_OBJECT {
+                // Copied part by part from a size: the size and version S3 holds now, so a
+                // cached size (another client may have grown it) never cuts the copy short.
+                let info = self.store.head(&source_key).await?;
+                stored_size = info.size;
+                pinned = info.etag;
+            }
             new_etag = self
                 .copy_object_pinned(
                     &source_key,
