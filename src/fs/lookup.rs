@@ -268,16 +268,25 @@ impl<S: ObjectStore> Fs<S> {
         ino: u64,
         key: &str,
     ) -> FsResult<(Attributes, HashMap<String, String>)> {
-        let stamp = self.inodes.lock().unwrap().stamp();
-        // An answer a change of this mount overtook (even one recorded in an inode forgotten
-        // since) is not taken for the file's attributes.
-        let (answer, settled) = self
-            .read_settled(key, Holder::default(), || self.store.head(key))
-            .await;
+        let mut key = key.to_string();
+        let (stamp, answer, settled, mut inodes) = loop {
+            let stamp = self.inodes.lock().unwrap().stamp();
+            // An answer a change of this mount overtook (even one recorded in an inode
+            // forgotten since) is not taken for the file's attributes.
+            let (answer, settled) = self
+                .read_settled(&key, Holder::default(), || self.store.head(&key))
+                .await;
+            let inodes = self.inodes.lock().unwrap();
+            // Renamed (a directory above it, say) while the store was asked: the answer was
+            // about a key the file no longer has; asked again under the new one.
+            match inodes.get(ino) {
+                Some(inode) if inode.key != key => key = inode.key.clone(),
+                _ => break (stamp, answer, settled, inodes),
+            }
+        };
         match answer {
             Ok(info) => {
                 let attrs = Attributes::file(&info, &self.config.defaults);
-                let mut inodes = self.inodes.lock().unwrap();
                 if !settled {
                     if let Some(inode) = inodes.get(ino).filter(|i| i.kind() == attrs.kind) {
                         return Ok((inode.attrs.clone(), info.user_metadata));
@@ -301,7 +310,6 @@ impl<S: ObjectStore> Fs<S> {
                 Ok((attrs, info.user_metadata))
             }
             Err(StoreError::NotFound) => {
-                let mut inodes = self.inodes.lock().unwrap();
                 if inodes.changed_since(ino, stamp) {
                     let attrs = inodes.get(ino).ok_or(FsError::NotFound)?.attrs.clone();
                     return Ok((attrs, HashMap::new()));

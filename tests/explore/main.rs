@@ -4,8 +4,8 @@
 //! programs that act on the same names at once: files written through descriptors (created,
 //! or opened with O_TRUNC), descriptors held across other programs' renames and unlinks and
 //! used for fchmod, fsetxattr, ftruncate, fstat and fsync, and path operations (truncate,
-//! unlink, rename of files and directories, chmod, setxattr, mkdir, rmdir, listings, and a
-//! SIGTERM's shutdown). They run
+//! unlink, rename of files and directories, chmod, setxattr, mkdir, rmdir, listings,
+//! copy_file_range, and a SIGTERM's shutdown). They run
 //! as tasks on a single-threaded runtime over a store that holds every request; the explorer
 //! lets one held request through at a time, chosen by the seed, and fails some (503). So one
 //! seed replays exactly, and the requests of different operations interleave in every order
@@ -104,7 +104,12 @@ fn plan(seed: u64) -> Plan {
         };
         let program = match rng.below(5) {
             0 => {
-                let mut steps = vec![Step::Create(file), Step::Write(data)];
+                // Written, or copied server-side from another file (copy_file_range).
+                let content = match rng.chance(300) {
+                    true => Step::CopyFrom(rng.pick(&FILES).to_string()),
+                    false => Step::Write(data),
+                };
+                let mut steps = vec![Step::Create(file), content];
                 if rng.chance(500) {
                     steps.push(fd_extra(&mut rng));
                 }

@@ -23,6 +23,9 @@ pub enum Step {
     Pwrite(u64, Vec<u8>),
     /// pwrite at 0 through the program's descriptor.
     Write(Vec<u8>),
+    /// copy_file_range of a whole file into the program's (new, empty) descriptor, as `cp`
+    /// does: server-side, pinned to the version it copied.
+    CopyFrom(String),
     /// ftruncate through the program's (writing) descriptor.
     Ftruncate(u64),
     /// fchmod through the program's descriptor.
@@ -54,6 +57,7 @@ impl Step {
         matches!(
             self,
             Step::Write(_)
+                | Step::CopyFrom(_)
                 | Step::Pwrite(..)
                 | Step::Ftruncate(_)
                 | Step::Fchmod(_)
@@ -264,6 +268,14 @@ impl Model {
                         meta_at_open,
                     },
                 );
+            }
+            Step::CopyFrom(source) => {
+                let copied = match self.nodes.get(source) {
+                    Some(Node::File(f)) => f.data.clone(),
+                    _ => return Err(()),
+                };
+                let data = self.fds.get_mut(&prog).ok_or(())?.data.as_mut().ok_or(())?;
+                *data = copied;
             }
             Step::Pwrite(offset, bytes) => {
                 let data = self.fds.get_mut(&prog).ok_or(())?.data.as_mut().ok_or(())?;
@@ -513,6 +525,7 @@ impl Step {
         let m = |p: &String| moved(p, moves);
         match self {
             Step::Create(p) => Step::Create(m(p)),
+            Step::CopyFrom(p) => Step::CopyFrom(m(p)),
             Step::OpenTrunc(p) => Step::OpenTrunc(m(p)),
             Step::OpenRead(p) => Step::OpenRead(m(p)),
             Step::OpenRw(p) => Step::OpenRw(m(p)),

@@ -131,6 +131,15 @@ async fn run_step_with(
             let fd = open.as_ref().expect("checked");
             fs.write(fd.fh, 0, data).await?;
         }
+        Step::CopyFrom(source) => {
+            let fd = open.as_ref().expect("checked");
+            let ino = resolve(fs, source, refs).await?;
+            let reader = fs.open(ino, libc::O_RDONLY).await?;
+            // As `cp` does: up to the end of the version the descriptor opened.
+            let copied = fs.copy_range(reader, 0, fd.fh, 0, 1 << 30).await;
+            fs.release(reader).await;
+            copied?;
+        }
         Step::Pwrite(offset, data) => {
             let fd = open.as_ref().expect("checked");
             fs.write(fd.fh, *offset, data).await?;
