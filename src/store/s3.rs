@@ -24,9 +24,8 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
-    EncodingType, GlacierJobParameters, MetadataDirective, ObjectCannedAcl, RestoreRequest,
-    ServerSideEncryption, StorageClass, Tier,
+    BucketLocationConstraint, CreateBucketConfiguration, EncodingType, GlacierJobParameters,
+    MetadataDirective, ObjectCannedAcl, RestoreRequest, ServerSideEncryption, StorageClass, Tier,
 };
 
 use super::buffers::{BufferPool, POOLED_MIN};
@@ -489,20 +488,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> StoreResult<Option<String>> {
-        let _permit = self.connection().await;
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body))
-            .set_content_type(opts.content_type.clone())
-            .set_metadata(metadata_or_none(opts));
-        let out = with_upload_options!(request, opts)
-            .send()
-            .await
-            .map_err(|e| classify(e, key))?;
-        Ok(out.e_tag().map(str::to_string))
+        self.put_sending(key, body, opts, None).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -612,31 +598,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> StoreResult<Option<String>> {
-        let _permit = self.connection().await;
-        let completed = parts
-            .iter()
-            .map(|p| {
-                CompletedPart::builder()
-                    .part_number(p.number)
-                    .set_e_tag(p.etag.clone())
-                    .build()
-            })
-            .collect();
-        let out = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| classify(e, key))?;
-        Ok(out.e_tag().map(str::to_string))
+        self.complete_sending(key, upload_id, parts, None).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

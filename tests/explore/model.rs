@@ -414,6 +414,33 @@ impl Model {
         Ok(())
     }
 
+    /// `path` and every node below it in `state`.
+    fn nodes_below(state: &Model, path: &str) -> Vec<(String, Node)> {
+        state
+            .nodes
+            .iter()
+            .filter(|(k, _)| *k == path || k.starts_with(&format!("{path}/")))
+            .map(|(k, n)| (k.clone(), n.clone()))
+            .collect()
+    }
+
+    /// This state with the `items` chosen by the bits of `mask` added (files as new files).
+    fn with_some(&self, items: &[(String, Node)], mask: u32) -> Model {
+        let mut outcome = self.clone();
+        for (_, (path, node)) in items
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+        {
+            let mut node = node.clone();
+            if let Node::File(f) = &mut node {
+                f.id = outcome.new_id();
+            }
+            outcome.nodes.insert(path.clone(), node);
+        }
+        outcome
+    }
+
     /// What a failed `step` may have left besides nothing, by the documented rules: a rename
     /// that failed while copying (the sources stay, copies whose removal failed stay too) or
     /// after its copies (the copies stay, and so do the sources whose delete did not
@@ -427,49 +454,16 @@ impl Model {
                 if moved.rename(from, to).is_err() {
                     return outcomes;
                 }
-                // Every source that moved may also still be under its old name (fresh ids:
-                // the copies are other files).
-                let sources: Vec<(String, Node)> = self
-                    .nodes
-                    .iter()
-                    .filter(|(k, _)| *k == from || k.starts_with(&format!("{from}/")))
-                    .map(|(k, n)| (k.clone(), n.clone()))
-                    .collect();
-                // Files and directory markers alike: each source's delete may have failed.
-                let files: Vec<&(String, Node)> = sources.iter().collect();
-                for mask in 0u32..(1 << files.len().min(4)) {
-                    let mut outcome = moved.clone();
-                    for (i, (path, node)) in files.iter().enumerate() {
-                        if mask & (1 << i) != 0 {
-                            let mut node = node.clone();
-                            if let Node::File(f) = &mut node {
-                                f.id = outcome.new_id();
-                            }
-                            outcome.nodes.insert(path.clone(), node);
-                        }
-                    }
-                    // (The source directory stays implied while anything is below it.)
-                    outcomes.push(outcome);
+                // Failed while deleting: every source (file or marker) that moved may still be
+                // under its old name too. Failed while copying: every source stays, and any of
+                // the copies. (Kept copies are other files: fresh ids.)
+                let sources = Model::nodes_below(self, from);
+                for mask in 0u32..(1 << sources.len().min(4)) {
+                    outcomes.push(moved.with_some(&sources, mask));
                 }
-                // Failed while copying: every source stays, and any of the copies.
-                let copies: Vec<(String, Node)> = moved
-                    .nodes
-                    .iter()
-                    .filter(|(k, _)| *k == to || k.starts_with(&format!("{to}/")))
-                    .map(|(k, n)| (k.clone(), n.clone()))
-                    .collect();
+                let copies = Model::nodes_below(&moved, to);
                 for mask in 1u32..(1 << copies.len().min(4)) {
-                    let mut outcome = self.clone();
-                    for (i, (path, node)) in copies.iter().enumerate() {
-                        if mask & (1 << i) != 0 {
-                            let mut node = node.clone();
-                            if let Node::File(f) = &mut node {
-                                f.id = outcome.new_id();
-                            }
-                            outcome.nodes.insert(path.clone(), node);
-                        }
-                    }
-                    outcomes.push(outcome);
+                    outcomes.push(self.with_some(&copies, mask));
                 }
             }
             Step::Close | Step::Fsync => {

@@ -62,10 +62,12 @@ impl S3Store {
         let none = PutOptions::default();
         self.put(probe, Bytes::new(), &none).await?;
         let absent = self
-            .put_sending(probe, Bytes::new(), &none, &Expect::Absent)
+            .put_sending(probe, Bytes::new(), &none, Some(&Expect::Absent))
             .await;
         let other = Expect::Version("\"bucketfs-no-such-version\"".to_string());
-        let version = self.put_sending(probe, Bytes::new(), &none, &other).await;
+        let version = self
+            .put_sending(probe, Bytes::new(), &none, Some(&other))
+            .await;
         let deleted = self.delete(probe).await;
         let refused = |answer: StoreResult<Option<String>>| match answer {
             Err(StoreError::PreconditionFailed) => Ok(true),
@@ -89,16 +91,17 @@ impl S3Store {
             check_expected(self, key, expect).await?;
             return self.put(key, body, opts).await;
         }
-        self.put_sending(key, body, opts, expect).await
+        self.put_sending(key, body, opts, Some(expect)).await
     }
 
-    /// PutObject with the condition sent (a server that ignores it writes anyway).
-    async fn put_sending(
+    /// PutObject, with the condition sent when there is one (a server that ignores it writes
+    /// anyway). Every PutObject of the store goes through here.
+    pub(super) async fn put_sending(
         &self,
         key: &str,
         body: Bytes,
         opts: &PutOptions,
-        expect: &Expect,
+        expect: Option<&Expect>,
     ) -> StoreResult<Option<String>> {
         let _permit = self.connection().await;
         let (if_match, if_none_match) = headers(expect);
@@ -115,7 +118,7 @@ impl S3Store {
         let out = with_upload_options!(request, opts)
             .send()
             .await
-            .map_err(|e| conditional(classify(e, key)))?;
+            .map_err(|e| conditional(classify(e, key), expect))?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -130,6 +133,19 @@ impl S3Store {
             check_expected(self, key, expect).await?;
             return self.complete_multipart(key, upload_id, parts).await;
         }
+        self.complete_sending(key, upload_id, parts, Some(expect))
+            .await
+    }
+
+    /// CompleteMultipartUpload, with the condition sent when there is one. Every completion
+    /// of the store goes through here.
+    pub(super) async fn complete_sending(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+        expect: Option<&Expect>,
+    ) -> StoreResult<Option<String>> {
         let _permit = self.connection().await;
         let completed = parts
             .iter()
@@ -156,7 +172,7 @@ impl S3Store {
             .set_if_none_match(if_none_match)
             .send()
             .await
-            .map_err(|e| conditional(classify(e, key)))?;
+            .map_err(|e| conditional(classify(e, key), expect))?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -189,16 +205,21 @@ impl S3Store {
 }
 
 /// The request headers of `expect`: (If-Match, If-None-Match).
-fn headers(expect: &Expect) -> (Option<String>, Option<String>) {
+fn headers(expect: Option<&Expect>) -> (Option<String>, Option<String>) {
     match expect {
-        Expect::Absent => (None, Some("*".to_string())),
-        Expect::Version(etag) => (Some(etag.clone()), None),
+        None => (None, None),
+        Some(Expect::Absent) => (None, Some("*".to_string())),
+        Some(Expect::Version(etag)) => (Some(etag.clone()), None),
     }
 }
 
 /// A conditional write on a key that is gone (404) failed its condition; AWS answers a race
 /// between two conditional writes with 409 ConditionalRequestConflict.
-fn conditional(error: StoreError) -> StoreError {
+/// (Unconditional requests keep their errors as they are.)
+fn conditional(error: StoreError, expect: Option<&Expect>) -> StoreError {
+    if expect.is_none() {
+        return error;
+    }
     match error {
         StoreError::NotFound => StoreError::PreconditionFailed,
         StoreError::InvalidRequest(m) if m.contains("ConditionalRequestConflict") => {
