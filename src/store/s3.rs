@@ -86,7 +86,7 @@ pub struct S3Store {
     sdk_config: aws_config::SdkConfig,
     buffers: Arc<BufferPool>,
     /// Whether the server refuses writes whose condition fails (see `conditions`).
-    conditions: tokio::sync::OnceCell<bool>,
+    conditions: tokio::sync::OnceCell<conditions::Honoured>,
 }
 
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
@@ -242,15 +242,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        let _permit = self.connection().await;
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(e, key))?;
-        Ok(())
+        self.delete_sending(key, None).await
     }
 
     async fn put_expecting(

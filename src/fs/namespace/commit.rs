@@ -301,7 +301,7 @@ impl<S: ObjectStore> Fs<S> {
         let _owned = self.owner.claim(vec![Claim::Name(key)]).await;
         let claimed = self.inodes.lock().unwrap().claim_orphan_of(ino);
         if let Some((key, orphan)) = claimed {
-            if let Err(e) = self.delete_claimed_orphan(&key, &orphan, true).await {
+            if let Err(e) = self.delete_claimed_orphan(&key, &orphan).await {
                 error!(key, "an unlinked file's object could not be deleted: {e}");
             }
         }

@@ -119,26 +119,21 @@ impl<S: ObjectStore> Fs<S> {
         match claim {
             OrphanClaim::None => Ok(()),
             OrphanClaim::InFlight => Err(FsError::Busy),
-            OrphanClaim::Claimed(orphan) => self.delete_claimed_orphan(key, &orphan, false).await,
+            OrphanClaim::Claimed(orphan) => self.delete_claimed_orphan(key, &orphan).await,
         }
     }
 
     /// Deletes the object of an orphan claimed by `claim_orphan_of` or `claim_orphan_key`
-    /// (`if_unchanged`: only if S3 still holds the version that was unlinked), then ends the
-    /// claim and lets go of its busy key. Until then the key stays hidden, and no new file
-    /// can be made under it that this delete would remove.
+    /// (only the version that was unlinked: another client's newer one there is not ours),
+    /// then ends the claim and lets go of its busy key. Until then the key stays hidden, and
+    /// no new file can be made under it that this delete would remove.
     pub(in crate::fs) async fn delete_claimed_orphan(
         &self,
         key: &str,
         orphan: &Orphan,
-        if_unchanged: bool,
     ) -> FsResult<()> {
         let mut claim = OrphanDeletion::adopt(self, key);
-        let deleted = if if_unchanged {
-            self.delete_orphan(key, orphan).await
-        } else {
-            self.delete_if_there(key).await
-        };
+        let deleted = self.delete_orphan(key, orphan).await;
         claim.deleted = deleted.is_ok();
         deleted
     }
@@ -249,8 +244,7 @@ impl<S: ObjectStore> Fs<S> {
                 OrphanClaim::None => {} // its last close deleted it meanwhile
                 OrphanClaim::InFlight => return Err(FsError::Busy),
                 OrphanClaim::Claimed(orphan) => {
-                    self.delete_claimed_orphan(&object.key, &orphan, false)
-                        .await?
+                    self.delete_claimed_orphan(&object.key, &orphan).await?
                 }
             }
         }

@@ -201,41 +201,51 @@ impl<S: ObjectStore> Fs<S> {
             // no longer exists; an object under the new name stays until the new content
             // replaces it.
             if !pending {
-                self.store.delete(&source_key).await?;
+                self.delete_moved(&source_key, attrs.etag.clone()).await?;
             }
         } else {
             let opts = self.put_options(new_name, &attrs);
-            let mut stored_size = patch_base.unwrap_or(attrs.size);
+            let stored_size = patch_base.unwrap_or(attrs.size);
             // A writer's content starts from one version of the object (its base): that is
             // the version that moves, or the rename fails (ESTALE) if another client replaced
             // it meanwhile, rather than the change landing on their version.
-            let mut pinned = source_guard
+            let base_pin = source_guard
                 .as_ref()
                 .and_then(|g| g.base())
                 .filter(|b| b.size > 0 && b.key == source_key)
                 .and_then(|b| b.etag.clone());
-            if pinned.is_none() && stored_size > crate::fs::copy::MAX_COPY_OBJECT {
-                // Copied part by part from a size: the size and version S3 holds now, so a
-                // cached size (another client may have grown it) never cuts the copy short.
-                let info = self.store.head(&source_key).await?;
-                stored_size = info.size;
-                pinned = info.etag;
-            }
-            new_etag = self
-                .copy_object_pinned(
-                    &source_key,
-                    &new_key,
-                    stored_size,
-                    &opts,
-                    false,
-                    pinned.as_deref(),
-                )
-                .await?;
+            let (copied, version) = match base_pin {
+                Some(etag) => {
+                    let copied = self
+                        .copy_object_pinned(
+                            &source_key,
+                            &new_key,
+                            stored_size,
+                            &opts,
+                            false,
+                            Some(&etag),
+                        )
+                        .await?;
+                    (copied, Some(etag))
+                }
+                None => {
+                    // Copied part by part from a size (over 5 GiB): the size and version S3
+                    // holds now, so a cached size (another client may have grown it) never
+                    // cuts the copy short.
+                    let seen = attrs
+                        .etag
+                        .clone()
+                        .filter(|_| stored_size <= crate::fs::copy::MAX_COPY_OBJECT);
+                    self.copy_for_move(&source_key, &new_key, stored_size, seen, &opts)
+                        .await?
+                }
+            };
+            new_etag = copied;
             if let Some(d) = dest {
                 // The new name holds an object now, whatever happens next.
                 self.inodes.lock().unwrap().set_pending(d, false);
             }
-            self.store.delete(&source_key).await?;
+            self.delete_moved(&source_key, version).await?;
         }
         // Every S3 step succeeded: now the writers follow.
         if let Some(writer) = source_guard.as_mut() {
@@ -282,6 +292,54 @@ impl<S: ObjectStore> Fs<S> {
         Ok(())
     }
 
+    /// Copies `source` to `dest` for a move, pinned to `seen` (the source's ETag as this
+    /// mount last saw it) when known. When another client replaced the source since (the copy
+    /// fails its condition), or no version is known, the version S3 holds now is asked for
+    /// (HEAD) and copied: a rename moves what the name holds. Returns the copy's ETag and the
+    /// source version copied, the only one the move may delete.
+    pub(in crate::fs) async fn copy_for_move(
+        &self,
+        source: &str,
+        dest: &str,
+        size: u64,
+        seen: Option<String>,
+        opts: &PutOptions,
+    ) -> FsResult<(Option<String>, Option<String>)> {
+        if let Some(etag) = &seen {
+            match self
+                .copy_object_pinned(source, dest, size, opts, false, Some(etag))
+                .await
+            {
+                Ok(copied) => return Ok((copied, seen)),
+                Err(FsError::Stale) => {
+                    debug!(
+                        source,
+                        "replaced since it was looked at: copying what S3 holds now"
+                    )
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let info = self.store.head(source).await?;
+        let copied = self
+            .copy_object_pinned(source, dest, info.size, opts, false, info.etag.as_deref())
+            .await?;
+        Ok((copied, info.etag))
+    }
+
+    /// Deletes the source of a move: only the version that was copied (another client's
+    /// newer version there stays), or whatever is there when no version is known.
+    pub(in crate::fs) async fn delete_moved(
+        &self,
+        source: &str,
+        version: Option<String>,
+    ) -> FsResult<()> {
+        match version {
+            Some(etag) => Ok(self.store.delete_version(source, &etag).await?),
+            None => self.delete_if_there(source).await,
+        }
+    }
+
     /// Moves every key below `source_prefix` to `dest_prefix` (an empty directory there when
     /// `dest_existed`).
     pub(in crate::fs) async fn rename_dir(
@@ -319,26 +377,33 @@ impl<S: ObjectStore> Fs<S> {
             let inodes = self.inodes.lock().unwrap();
             objects.retain(|o| !inodes.is_orphan_key(&o.key));
         }
-        let moves: Vec<(String, String, u64)> = objects
+        let moves: Vec<(String, String, u64, Option<String>)> = objects
             .into_iter()
             .map(|o| {
                 let dest = format!("{dest_prefix}{}", &o.key[source_prefix.len()..]);
-                (o.key, dest, o.size)
+                let listed = o
+                    .etag
+                    .filter(|_| o.size <= crate::fs::copy::MAX_COPY_OBJECT);
+                (o.key, dest, o.size, listed)
             })
             .collect();
         // An object of a file unlinked while open that waits under a destination key goes
         // first, as for any new entry (its record would hide the moved file, and its last
         // close delete it).
-        for (_, dest, _) in &moves {
+        for (_, dest, _, _) in &moves {
             self.settle_orphan(dest).await?;
         }
         // Boxed and collected first: a lazily mapped stream of borrowing futures trips the
         // compiler's higher-ranked lifetime check when the caller is spawned.
-        let copies: Vec<BoxFuture<'_, FsResult<Option<String>>>> = moves
+        type Copied = (Option<String>, Option<String>);
+        let copies: Vec<BoxFuture<'_, FsResult<Copied>>> = moves
             .iter()
-            .map(|(source, dest, size)| self.copy_object(source, dest, *size, opts, false).boxed())
+            .map(|(source, dest, size, listed)| {
+                self.copy_for_move(source, dest, *size, listed.clone(), opts)
+                    .boxed()
+            })
             .collect();
-        let copied: Vec<FsResult<Option<String>>> = futures::stream::iter(copies)
+        let copied: Vec<FsResult<Copied>> = futures::stream::iter(copies)
             .buffered(RENAME_CONCURRENCY)
             .collect()
             .await;
@@ -349,8 +414,8 @@ impl<S: ObjectStore> Fs<S> {
             let undo: Vec<BoxFuture<'_, FsResult<()>>> = moves
                 .iter()
                 .zip(&copied)
-                .filter(|((_, dest, _), c)| c.is_ok() && !(dest_existed && dest == dest_prefix))
-                .map(|((_, dest, _), _)| self.delete_if_there(dest).boxed())
+                .filter(|((_, dest, _, _), c)| c.is_ok() && !(dest_existed && dest == dest_prefix))
+                .map(|((_, dest, _, _), _)| self.delete_if_there(dest).boxed())
                 .collect();
             let undone: Vec<FsResult<()>> = futures::stream::iter(undo)
                 .buffer_unordered(RENAME_CONCURRENCY)
@@ -372,7 +437,11 @@ impl<S: ObjectStore> Fs<S> {
         );
         let deletes: Vec<BoxFuture<'_, FsResult<()>>> = moves
             .iter()
-            .map(|(source, _, _)| self.delete_if_there(source).boxed())
+            .zip(copied)
+            .map(|((source, _, _, _), copied)| {
+                let version = copied.ok().and_then(|(_, version)| version);
+                self.delete_moved(source, version).boxed()
+            })
             .collect();
         let deleted: Vec<FsResult<()>> = futures::stream::iter(deletes)
             .buffer_unordered(RENAME_CONCURRENCY)

@@ -241,20 +241,8 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
-    /// CopyObject, or a multipart UploadPartCopy for objects over 5 GiB (journaled).
-    pub(in crate::fs) async fn copy_object(
-        &self,
-        source: &str,
-        dest: &str,
-        size: u64,
-        opts: &PutOptions,
-        replace_metadata: bool,
-    ) -> FsResult<Option<String>> {
-        self.copy_object_pinned(source, dest, size, opts, replace_metadata, None)
-            .await
-    }
-
-    /// `copy_object` of one version of the source (its ETag): ESTALE when it changed.
+    /// CopyObject, or a multipart UploadPartCopy for objects over 5 GiB (journaled), of one
+    /// version of the source (its ETag) when `if_match` is given: ESTALE when it changed.
     pub(in crate::fs) async fn copy_object_pinned(
         &self,
         source: &str,

@@ -458,3 +458,78 @@ async fn a_listing_fetched_before_a_commit_does_not_bring_the_old_size_back() {
     fs.setattr(f.ino, truncate(10)).await.unwrap();
     assert_eq!(store.inner().get("d/f").unwrap().len(), 10);
 }
+
+// A rename copies the source, then deletes it. Another client's version written under the
+// old name between the two stays: only the version copied is deleted.
+#[tokio::test]
+async fn a_rename_never_deletes_a_version_written_after_its_copy() {
+    let store = Arc::new(Gate::default());
+    store.inner.insert("f", "ours");
+    let fs = Fs::new(store.clone(), FsConfig::default());
+    fs.lookup(ROOT_INO, OsStr::new("f")).await.unwrap();
+    store.arm("copy-after", "f");
+    let rename = fs.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new("g"), false);
+    let other_client = async {
+        store.entered.notified().await;
+        store.inner.insert("f", "another client's");
+        store.go.notify_one();
+    };
+    let (renamed, ()) = tokio::join!(rename, other_client);
+    renamed.unwrap();
+    assert_eq!(&store.inner.get("g").unwrap()[..], b"ours");
+    assert_eq!(
+        store.inner.get("f").as_deref(),
+        Some(&b"another client's"[..]),
+        "the other client's version is not the one that moved"
+    );
+}
+
+// The same for every object of a directory rename.
+#[tokio::test]
+async fn a_directory_rename_never_deletes_a_version_written_after_its_copy() {
+    let store = Arc::new(Gate::default());
+    store.inner.insert("d/a", "a");
+    store.inner.insert("d/b", "b");
+    let fs = Fs::new(store.clone(), FsConfig::default());
+    fs.lookup(ROOT_INO, OsStr::new("d")).await.unwrap();
+    store.arm("copy-after", "d/b");
+    let rename = fs.rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), false);
+    let other_client = async {
+        store.entered.notified().await;
+        store.inner.insert("d/b", "another client's");
+        store.go.notify_one();
+    };
+    let (renamed, ()) = tokio::join!(rename, other_client);
+    renamed.unwrap();
+    assert_eq!(&store.inner.get("e/a").unwrap()[..], b"a");
+    assert_eq!(&store.inner.get("e/b").unwrap()[..], b"b");
+    assert_eq!(store.inner.get("d/a"), None);
+    assert_eq!(
+        store.inner.get("d/b").as_deref(),
+        Some(&b"another client's"[..])
+    );
+}
+
+// A rename moves what the name holds: when another client replaced the source after this
+// mount looked at it, the copy pinned to the version seen fails its condition, and the
+// version there now is moved (and deleted), not the old one brought back.
+#[tokio::test]
+async fn a_rename_of_a_file_replaced_since_it_was_looked_at_moves_the_new_version() {
+    let (store, fs) = fs_with(
+        &[("f", "old")],
+        FsConfig {
+            metadata_ttl: Duration::from_secs(60),
+            ..FsConfig::default()
+        },
+    );
+    lookup_path(&fs, "f").await.unwrap();
+    store.inner().insert("f", "newer, from another client");
+    fs.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new("g"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        &store.inner().get("g").unwrap()[..],
+        b"newer, from another client"
+    );
+    assert_eq!(store.inner().get("f"), None);
+}

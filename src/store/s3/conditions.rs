@@ -19,11 +19,21 @@ use crate::store::{
 /// Name of the scratch object of the probe, beside the first key written conditionally.
 const PROBE_NAME: &str = ".bucketfs-condition-probe";
 
+/// What the server refuses when a condition fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Honoured {
+    /// PutObject and CompleteMultipartUpload with `If-Match` / `If-None-Match`.
+    pub writes: bool,
+    /// DeleteObject with `If-Match` (AWS since 2025, Ceph; not every server that honours
+    /// conditional writes does).
+    pub deletes: bool,
+}
+
 impl S3Store {
-    /// True when the server refuses a write whose condition fails. Asked once; an answer
-    /// that could not be had (a failed probe) counts as "no" for now and is asked again at the
-    /// next conditional write.
-    pub(super) async fn honours_conditions(&self, near: &str) -> bool {
+    /// Which conditions the server honours. Asked once; an answer that could not be had (a
+    /// failed probe) counts as "none" for now and is asked again at the next conditional
+    /// request.
+    pub(super) async fn honoured(&self, near: &str) -> Honoured {
         if let Some(known) = self.conditions.get() {
             return *known;
         }
@@ -34,7 +44,7 @@ impl S3Store {
         let probe = format!("{dir}{PROBE_NAME}-{}-{nonce}", std::process::id());
         match self.probe_conditions(&probe).await {
             Ok(honoured) => {
-                if honoured {
+                if honoured.writes {
                     info!("the server honours conditional writes (If-Match, If-None-Match)");
                 } else {
                     warn!(
@@ -43,40 +53,60 @@ impl S3Store {
                          in that moment can still be replaced"
                     );
                 }
+                if !honoured.deletes {
+                    info!(
+                        "the server ignores conditional deletes (If-Match): a delete of one \
+                         version is checked with a HEAD right before it"
+                    );
+                }
                 let _ = self.conditions.set(honoured);
                 honoured
             }
             Err(e) => {
                 warn!(
                     "could not find out whether the server honours conditional writes ({e}): \
-                     this write is checked with a HEAD before it"
+                     this request is checked with a HEAD before it"
                 );
-                false
+                Honoured {
+                    writes: false,
+                    deletes: false,
+                }
             }
         }
     }
 
     /// PUT `probe`; PUT it again with `If-None-Match: *` and with `If-Match` of a version it
-    /// is not (both must fail); DELETE it.
-    async fn probe_conditions(&self, probe: &str) -> StoreResult<bool> {
+    /// is not (both must fail); DELETE it with that `If-Match` (honoured when it fails); DELETE
+    /// it.
+    async fn probe_conditions(&self, probe: &str) -> StoreResult<Honoured> {
         let none = PutOptions::default();
         self.put(probe, Bytes::new(), &none).await?;
         let absent = self
             .put_sending(probe, Bytes::new(), &none, Some(&Expect::Absent))
             .await;
-        let other = Expect::Version("\"bucketfs-no-such-version\"".to_string());
+        let other = "\"bucketfs-no-such-version\"";
         let version = self
-            .put_sending(probe, Bytes::new(), &none, Some(&other))
+            .put_sending(
+                probe,
+                Bytes::new(),
+                &none,
+                Some(&Expect::Version(other.to_string())),
+            )
             .await;
-        let deleted = self.delete(probe).await;
-        let refused = |answer: StoreResult<Option<String>>| match answer {
+        let conditional_delete = self.delete_sending(probe, Some(other)).await;
+        let deleted = match self.delete(probe).await {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let refused = |answer: StoreResult<()>| match answer {
             Err(StoreError::PreconditionFailed) => Ok(true),
             Ok(_) => Ok(false),
             Err(e) => Err(e),
         };
-        let honoured = refused(absent)? && refused(version)?;
+        let writes = refused(absent.map(drop))? && refused(version.map(drop))?;
+        let deletes = refused(conditional_delete)?;
         deleted?;
-        Ok(honoured)
+        Ok(Honoured { writes, deletes })
     }
 
     pub(super) async fn put_expecting_s3(
@@ -86,7 +116,7 @@ impl S3Store {
         opts: &PutOptions,
         expect: &Expect,
     ) -> StoreResult<Option<String>> {
-        if !self.honours_conditions(key).await {
+        if !self.honoured(key).await.writes {
             // Not sent: a server that does not know the headers might refuse the request.
             check_expected(self, key, expect).await?;
             return self.put(key, body, opts).await;
@@ -129,7 +159,7 @@ impl S3Store {
         parts: &[UploadedPart],
         expect: &Expect,
     ) -> StoreResult<Option<String>> {
-        if !self.honours_conditions(key).await {
+        if !self.honoured(key).await.writes {
             check_expected(self, key, expect).await?;
             return self.complete_multipart(key, upload_id, parts).await;
         }
@@ -176,31 +206,42 @@ impl S3Store {
         Ok(out.e_tag().map(str::to_string))
     }
 
-    /// DeleteObject of one version: checked with a HEAD first (not every server that honours
-    /// conditional writes honours a conditional delete), and sent with `If-Match` too where
-    /// the server honours conditions.
+    /// DeleteObject of one version only: sent with `If-Match` where the server honours
+    /// conditional deletes, checked with a HEAD right before it elsewhere. Another version
+    /// there (or none) is not an error: there is nothing of that version to delete.
     pub(super) async fn delete_version_s3(&self, key: &str, etag: &str) -> StoreResult<()> {
-        match check_expected(self, key, &Expect::Version(etag.to_string())).await {
-            Ok(()) => {}
-            Err(StoreError::PreconditionFailed) => return Ok(()),
-            Err(e) => return Err(e),
+        let sent = if self.honoured(key).await.deletes {
+            self.delete_sending(key, Some(etag)).await
+        } else {
+            match check_expected(self, key, &Expect::Version(etag.to_string())).await {
+                Ok(()) => self.delete_sending(key, None).await,
+                Err(e) => Err(e),
+            }
+        };
+        match sent {
+            Ok(()) | Err(StoreError::NotFound) | Err(StoreError::PreconditionFailed) => Ok(()),
+            Err(e) => Err(e),
         }
-        if self.conditions.get() != Some(&true) {
-            return self.delete(key).await;
-        }
+    }
+
+    /// DeleteObject, with `If-Match` when given. Every DeleteObject of the store goes through
+    /// here.
+    pub(super) async fn delete_sending(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> StoreResult<()> {
         let _permit = self.connection().await;
-        let sent = self
-            .client
+        let expect = if_match.map(|etag| Expect::Version(etag.to_string()));
+        self.client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
-            .if_match(etag)
+            .set_if_match(if_match.map(str::to_string))
             .send()
-            .await;
-        match sent.map_err(|e| classify(e, key)) {
-            Ok(_) | Err(StoreError::NotFound) | Err(StoreError::PreconditionFailed) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
+            .map_err(|e| conditional(classify(e, key), expect.as_ref()))?;
+        Ok(())
     }
 }
 

@@ -5,10 +5,8 @@
 //! few atomic operations. `--metrics-addr` serves them as Prometheus text (see `serve`); the
 //! unmount logs a one-line summary of the totals (see `summary`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -17,6 +15,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+mod endpoint;
+
+pub use endpoint::serve;
 
 type Labels = Vec<(&'static str, String)>;
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
@@ -426,65 +428,6 @@ fn errno_name(errno: i32) -> String {
     name.to_string()
 }
 
-/// Serves `GET /metrics` on `addr` from a thread of its own; `sample` refreshes the levels
-/// (memory, disk, uploads) just before each scrape. Binding happens here, so a port in use
-/// is an error before the mount, not a log line after it.
-pub fn serve(
-    addr: SocketAddr,
-    sample: Arc<dyn Fn() -> Usage + Send + Sync>,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("bucketfs-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Err(e) = answer(stream, sample.as_ref()) {
-                    tracing::debug!("metrics request failed: {e}");
-                }
-            }
-        })?;
-    Ok(bound)
-}
-
-/// One HTTP/1.x request: the metrics for `GET /metrics` (and `/`), 404 otherwise.
-fn answer(stream: TcpStream, sample: &(dyn Fn() -> Usage + Send + Sync)) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Skip the headers: nothing in them changes the answer.
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 2 {
-        header.clear();
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, content_type, body) = if method == "GET" && (path == "/metrics" || path == "/") {
-        metrics().set_usage(sample());
-        (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics().encode(),
-        )
-    } else {
-        (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "bucketfs serves its metrics at /metrics\n".to_string(),
-        )
-    };
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,25 +470,5 @@ mod tests {
             summary.starts_with("S3 requests 4 (2 failed, 1 retries, 1 throttled); 2.0 KiB received, 100 B sent; cache hits metadata 0/0, blocks 1/2"),
             "{summary}"
         );
-    }
-
-    #[test]
-    fn the_server_answers_a_scrape_and_refuses_other_paths() {
-        let sample: Arc<dyn Fn() -> Usage + Send + Sync> = Arc::new(|| Usage {
-            open_files: 7,
-            ..Usage::default()
-        });
-        let addr = serve("127.0.0.1:0".parse().unwrap(), sample).unwrap();
-        let get = |path: &str| {
-            let mut stream = TcpStream::connect(addr).unwrap();
-            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut out = String::new();
-            std::io::Read::read_to_string(&mut stream, &mut out).unwrap();
-            out
-        };
-        let scrape = get("/metrics");
-        assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
-        assert!(scrape.contains("bucketfs_open_files 7"), "{scrape}");
-        assert!(get("/other").starts_with("HTTP/1.1 404"));
     }
 }
