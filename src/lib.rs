@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mount;
 pub mod mount_helper;
 pub mod notify;
+pub mod private_files;
 pub mod store;
 pub mod testdata;
 pub mod uploads;

@@ -68,11 +68,17 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
             .collect();
         cli.state_dir().join("log").join(format!("{name}.log"))
     });
+    if let Err(message) = crate::private_files::check_owned(&cli.state_dir()) {
+        ready.failure(&message);
+        return 1;
+    }
+    // The default log lives under the state directory: private, and never a planted link.
+    let private_log = cli.log_file.is_none() && default_log.is_some();
     let log_file = cli.log_file.clone().or(default_log);
     if let Some(dir) = log_file.as_deref().and_then(std::path::Path::parent) {
-        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::private_files::create_dir(dir);
     }
-    if let Err(message) = crate::logging::init(cli.debug, log_file.as_deref()) {
+    if let Err(message) = crate::logging::init(cli.debug, log_file.as_deref(), private_log) {
         ready.failure(&message);
         return 1;
     }

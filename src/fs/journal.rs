@@ -11,7 +11,7 @@
 //! are in the page cache); a machine crash may lose the last lines.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -50,13 +50,10 @@ pub fn scope_dir(state_dir: &Path, endpoint: &str, bucket: &str, prefix: &str) -
 impl UploadJournal {
     /// Creates and locks this process's journal in `scope`.
     pub fn create(scope: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(scope)?;
+        crate::private_files::create_dir(scope)?;
         let path = scope.join(format!("{}.journal", std::process::id()));
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
+        // Private (keys and upload ids), and never through a symlink: it is truncated below.
+        let file = crate::private_files::create_read_append(&path)?;
         if !try_lock(&file) {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
@@ -150,7 +147,7 @@ pub fn dead_journals(scope: &Path) -> Vec<DeadJournal> {
         if path.extension().and_then(|e| e.to_str()) != Some("journal") {
             continue;
         }
-        let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path) else {
+        let Ok(mut file) = crate::private_files::open_existing(&path) else {
             continue;
         };
         if !try_lock(&file) {

@@ -1,6 +1,8 @@
 //! The command line: every pre-mount check fails with its exit status and one clear sentence,
 //! and the daemonizing parent reports the real outcome.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -207,6 +209,10 @@ fn daemon_mode_returns_once_mounted_or_with_the_error() {
         .join(format!("{}.log", bucket.name));
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(logged.contains("mounted"), "{}: {logged:?}", log.display());
+    // Private: it names keys, and more at debug level.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&log), 0o600, "log file mode");
+    assert_eq!(mode(log.parent().unwrap()), 0o700, "log directory mode");
     drop(_guard);
 
     let other = tempfile::tempdir().unwrap();

@@ -502,6 +502,27 @@ impl Mount {
         secret_key: &str,
         extra_args: &[&str],
     ) -> Self {
+        Self::start(bucket, endpoint, (access_key, secret_key), extra_args, &[])
+    }
+
+    /// A mount with more environment (set after the defaults, so it can replace RUST_LOG).
+    pub fn with_env(bucket: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Self {
+        Self::start(
+            bucket,
+            &server().endpoint,
+            (access_key(), secret_key()),
+            extra_args,
+            extra_env,
+        )
+    }
+
+    fn start(
+        bucket: &str,
+        endpoint: &str,
+        (access_key, secret_key): (&str, &str),
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let fusermount = Command::new("fusermount3").arg("-V").output();
         assert!(
             fusermount.is_ok(),
@@ -529,6 +550,7 @@ impl Mount {
             .env("AWS_ACCESS_KEY_ID", access_key)
             .env("AWS_SECRET_ACCESS_KEY", secret_key)
             .env("RUST_LOG", "bucketfs=debug")
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

@@ -174,7 +174,15 @@ impl S3Store {
             Some(provider) => provider
                 .provide_credentials()
                 .await
-                .map(|_| true)
+                .map(|credentials| {
+                    // From a profile, SSO or an instance role: known to the log's redaction
+                    // from now on.
+                    crate::logging::register_secret(credentials.secret_access_key());
+                    if let Some(token) = credentials.session_token() {
+                        crate::logging::register_secret(token);
+                    }
+                    true
+                })
                 .map_err(|e| DisplayErrorContext(e).to_string()),
         }
     }

@@ -1,0 +1,95 @@
+//! Files and directories bucketfs creates for itself (logs, upload journals, the state
+//! directory): private to the user it runs as, and never reached through a symlink someone
+//! else planted.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Creates `dir` and its missing parents with mode 0700 (existing ones are left as they are).
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Opens `path` for appending, created with mode 0600; with `no_follow`, a symlink there is
+/// refused (ELOOP) rather than followed.
+pub fn open_append(path: &Path, no_follow: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true).mode(0o600);
+    if no_follow {
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
+/// Opens an existing file of ours for reading and writing, refusing a symlink.
+pub fn open_existing(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Creates (0600) and opens for reading and appending, refusing a symlink.
+pub fn create_read_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Err with one sentence when `dir` exists and belongs to another user: its files could be
+/// read, or replaced by links, by that user.
+pub fn check_owned(dir: &Path) -> Result<(), String> {
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return Ok(()); // made by us, below
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "the state directory {} belongs to uid {}, not to this user (uid {me}): pass \
+             --state-dir with a directory of your own",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn files_and_directories_are_private_and_symlinks_refused() {
+        let base = std::env::temp_dir().join(format!("bucketfs-private-{}", std::process::id()));
+        let dir = base.join("a/b");
+        create_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&base.join("a")), 0o700);
+        let log = dir.join("log");
+        drop(open_append(&log, true).unwrap());
+        assert_eq!(mode(&log), 0o600);
+        let victim = base.join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let planted = dir.join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let err = create_read_append(&planted).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(
+            open_existing(&planted).unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(check_owned(&dir).is_ok());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
