@@ -212,7 +212,12 @@ impl Config {
                 gid: cli.gid.unwrap_or(gid),
                 file_mode: cli.file_mode,
                 dir_mode: cli.dir_mode,
+                forced_owner: crate::fs::attrs::Owner {
+                    uid: cli.uid,
+                    gid: cli.gid,
+                },
             },
+            shared: cli.allow_other || cli.allow_root,
             metadata_ttl: Duration::from_secs_f64(cli.metadata_ttl),
             read_only: cli.read_only,
             tuning,

@@ -65,6 +65,16 @@ pub struct AttrDefaults {
     pub gid: u32,
     pub file_mode: u32,
     pub dir_mode: u32,
+    /// `--uid`/`--gid` given: the owner every file and directory shows, whatever its stored
+    /// metadata says (applied where attributes reach the kernel).
+    pub forced_owner: Owner,
+}
+
+/// An owner shown instead of the stored one (`--uid`, `--gid`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 impl Default for AttrDefaults {
@@ -74,6 +84,7 @@ impl Default for AttrDefaults {
             gid: 0,
             file_mode: 0o644,
             dir_mode: 0o755,
+            forced_owner: Owner::default(),
         }
     }
 }

@@ -170,7 +170,7 @@ impl<S: ObjectStore> Fs<S> {
     /// the kernel looks each up when it needs its attributes (`ls -l`, `stat`), and one that
     /// is never looked at (`find`, `ls`) costs nothing. Large directories keep the listing's
     /// attributes for the TTL: one request per object is what makes `ls -l` slow on other S3
-    /// filesystems.
+    /// filesystems. Except in a `shared` mount, where every unknown entry is unverified.
     pub(super) async fn settle_listed_attrs(
         &self,
         dir: u64,
@@ -200,7 +200,13 @@ impl<S: ObjectStore> Fs<S> {
             }
         }
         if !self.config.stat_metadata {
-            return Ok(if small { unknown } else { Vec::new() });
+            // In a shared mount even a large directory's entries are unverified: the
+            // listing's defaults (mode, owner) would decide other users' access.
+            return Ok(if small || self.config.shared {
+                unknown
+            } else {
+                Vec::new()
+            });
         }
         if unknown.is_empty() {
             return Ok(Vec::new());

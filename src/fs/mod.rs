@@ -82,6 +82,10 @@ pub struct FsConfig {
     /// HEAD each listed file once so `ls -l`/`stat` show its POSIX metadata (s3fs-style
     /// headers) instead of the defaults; off keeps listings HEAD-free.
     pub stat_metadata: bool,
+    /// Other users can enter the mount (`--allow-other`, `--allow-root`): the kernel decides
+    /// their permissions on the attributes it is given, so no listed entry reaches it with
+    /// attributes that were not read from its object (see `settle_listed_attrs`).
+    pub shared: bool,
     /// Local disk staging for random readers (`--cache-dir`, `--max-cache-size`).
     pub disk_cache: Option<DiskCacheConfig>,
     /// The bucket, for the `bucketfs.uri` attribute.
@@ -111,6 +115,7 @@ impl Default for FsConfig {
             content_type: None,
             upload: PutOptions::default(),
             stat_metadata: false,
+            shared: false,
             disk_cache: None,
             bucket_name: "bucket".to_string(),
             presign_expiry: Duration::from_secs(3600),

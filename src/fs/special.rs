@@ -15,6 +15,7 @@ use super::names::{child_key, validate_component};
 use super::namespace::Caller;
 use super::{Entry, Fs};
 use crate::store::ObjectStore;
+use crate::store::{Expect, StoreError};
 
 /// Longest symlink target, as Linux's PATH_MAX counts it (with its NUL).
 const MAX_TARGET_BYTES: usize = 4095;
@@ -104,7 +105,15 @@ impl<S: ObjectStore> Fs<S> {
         self.settle_orphan(&key).await?;
         debug!(key, kind = ?attrs.kind, "make object");
         let opts = self.put_options(name_str, &attrs);
-        let etag = self.store.put(&key, body, &opts).await?;
+        // The lookup's "absent" may be cached: the object is made only where S3 holds none.
+        let etag = match self
+            .store
+            .put_expecting(&key, body, &opts, &Expect::Absent)
+            .await
+        {
+            Err(StoreError::PreconditionFailed) => return Err(FsError::Exists),
+            made => made?,
+        };
         let attrs = Attributes { etag, ..attrs };
         self.negative.remove(parent, name_str);
         self.snapshots.add(parent, name_str);

@@ -1193,5 +1193,6 @@ mod posix;
 mod review;
 mod review_attrs;
 mod review_copy;
+mod review_fresh;
 mod review_keys;
 mod review_orphan;

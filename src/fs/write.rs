@@ -107,6 +107,9 @@ pub struct FileWriter<S> {
     /// The object the file's content starts from (opened without truncation, or committed):
     /// writes after that change it in place.
     base: Option<Base>,
+    /// Created with O_EXCL and not stored yet under this key: the first upload expects no
+    /// object there.
+    exclusive: bool,
     /// The content being changed in place (see `patch`).
     patch: Option<PatchFile>,
     /// Opened for reading too (O_RDWR): writes go to a patch from the first byte, so the
@@ -143,6 +146,7 @@ impl<S: ObjectStore> FileWriter<S> {
             closed: false,
             disk: None,
             base: None,
+            exclusive: false,
             patch: None,
             random_access: false,
         }
@@ -170,6 +174,12 @@ impl<S: ObjectStore> FileWriter<S> {
         self
     }
 
+    /// A file created with `O_EXCL`: its first upload expects no object under its key.
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
     /// A writer on an existing object, opened without `O_TRUNC`: nothing is uploaded unless
     /// it is written to or truncated; writes change the object in place.
     pub fn existing(mut self, base: Base) -> Self {
@@ -189,6 +199,9 @@ impl<S: ObjectStore> FileWriter<S> {
     /// Nothing touches S3 here, so a rename that fails afterwards has changed nothing.
     pub fn set_key(&mut self, key: String) {
         self.key = key;
+        // A rename may have replaced an object under the new key: the next upload replaces
+        // it, as the rename said.
+        self.exclusive = false;
     }
 
     pub fn size(&self) -> u64 {

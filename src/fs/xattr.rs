@@ -241,7 +241,7 @@ impl<S: ObjectStore> Fs<S> {
                 if !writer.is_dirty() && !writer.is_discarded() && !local_only {
                     let pinned = writer
                         .base()
-                        .filter(|b| b.size > 0 && b.key == key)
+                        .filter(|b| b.key == key)
                         .and_then(|b| b.etag.clone());
                     let stored = self
                         .store_metadata(&key, attrs.kind, metadata, pinned.as_deref())

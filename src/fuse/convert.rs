@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use fuser::{Errno, FileAttr, FileType, INodeNo, ReplyXattr, Request, TimeOrNow};
 use tracing::{debug, warn};
 
-use crate::fs::attrs::Kind;
+use crate::fs::attrs::{Kind, Owner};
 use crate::fs::error::FsError;
 use crate::fs::namespace::Caller;
 use crate::fs::Entry;
@@ -59,7 +59,8 @@ pub(super) fn errno(err: &FsError) -> Errno {
     Errno::from_i32(err.errno())
 }
 
-pub(super) fn file_attr(entry: &Entry) -> FileAttr {
+/// The attributes the kernel gets for `entry`, with the forced owner (`--uid`, `--gid`).
+pub(super) fn file_attr(entry: &Entry, owner: Owner) -> FileAttr {
     let a = &entry.attrs;
     let nlink = match (a.unlinked, a.kind.is_dir()) {
         (true, _) => 0,
@@ -77,8 +78,8 @@ pub(super) fn file_attr(entry: &Entry) -> FileAttr {
         kind: file_type(a.kind),
         perm: a.perm as u16,
         nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: owner.uid.unwrap_or(a.uid),
+        gid: owner.gid.unwrap_or(a.gid),
         rdev: a.rdev,
         // Large, so tools that size their buffers by st_blksize (cp, cat) read in big chunks.
         blksize: 1 << 20,

@@ -40,7 +40,7 @@ impl<S: ObjectStore> FuseAdapter<S> {
     pub(super) fn list_entries(&self, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
         let batch = self.readdirplus_batch.clone();
         let asked = batch.get();
-        let (fs, ttl) = (self.fs.clone(), self.ttl());
+        let (fs, ttl, owner) = (self.fs.clone(), self.ttl(), self.owner());
         self.spawn(
             reply,
             move |fs| async move { fs.readdir(fh.0, offset, asked, true).await },
@@ -55,7 +55,7 @@ impl<S: ObjectStore> FuseAdapter<S> {
                         item.offset,
                         &item.name,
                         &ttl,
-                        &file_attr(&item.entry),
+                        &file_attr(&item.entry, owner),
                         Generation(0),
                     );
                     if full {

@@ -47,7 +47,7 @@ impl<S: ObjectStore> FuseAdapter<S> {
         let (name, caller) = (name.to_owned(), caller(req));
         let openers = self.openers.clone();
         let opener = process_of(req.pid());
-        let ttl = self.ttl();
+        let (ttl, owner) = (self.ttl(), self.owner());
         self.spawn(
             reply,
             move |fs| async move {
@@ -64,7 +64,7 @@ impl<S: ObjectStore> FuseAdapter<S> {
                 openers.lock().unwrap().insert(fh, opener);
                 reply.created(
                     &ttl,
-                    &file_attr(&entry),
+                    &file_attr(&entry, owner),
                     Generation(0),
                     FileHandle(fh),
                     FopenFlags::empty(),

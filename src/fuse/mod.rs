@@ -24,6 +24,7 @@ use fuser::{
 use tokio::runtime::Handle;
 use tracing::debug;
 
+use crate::fs::attrs::Owner;
 use crate::fs::error::FsError;
 use crate::fs::namespace::SetAttr;
 use crate::fs::{Entry, Fs};
@@ -112,16 +113,21 @@ impl<S: ObjectStore> FuseAdapter<S> {
         self.fs.ttl()
     }
 
+    /// The owner every entry shows instead of its own (`--uid`, `--gid`), if any.
+    fn owner(&self) -> Owner {
+        self.fs.config().defaults.forced_owner
+    }
+
     /// An entry reply for a lookup or a new name.
     fn entry_answer(&self) -> impl FnOnce(ReplyEntry, Entry) + Send + 'static {
-        let ttl = self.ttl();
-        move |reply, entry| reply.entry(&ttl, &file_attr(&entry), Generation(0))
+        let (ttl, owner) = (self.ttl(), self.owner());
+        move |reply, entry| reply.entry(&ttl, &file_attr(&entry, owner), Generation(0))
     }
 
     /// An attribute reply for getattr and setattr.
     fn attr_answer(&self) -> impl FnOnce(ReplyAttr, Entry) + Send + 'static {
-        let ttl = self.ttl();
-        move |reply, entry| reply.attr(&ttl, &file_attr(&entry))
+        let (ttl, owner) = (self.ttl(), self.owner());
+        move |reply, entry| reply.attr(&ttl, &file_attr(&entry, owner))
     }
 }
 

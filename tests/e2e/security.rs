@@ -45,3 +45,93 @@ fn no_secret_reaches_the_log_even_at_trace_level() {
     assert!(log.contains("<redacted>"), "redactions are marked");
     drop(mount);
 }
+
+/// Runs `script` as uid and gid `id`, with no supplementary groups: another local user.
+fn as_user(id: u32, script: &str) -> std::process::Output {
+    sh(&format!(
+        "setpriv --reuid={id} --regid={id} --clear-groups sh -c {}",
+        shell_quote(std::path::Path::new(script))
+    ))
+}
+
+/// A directory over 256 entries (its listing is not followed by a HEAD per entry), holding a
+/// file and a directory private to uid 1002, stored with s3fs-style metadata.
+fn bucket_with_private_objects() -> TestBucket {
+    let bucket = TestBucket::new();
+    let keys: Vec<String> = (0..300).map(|i| format!("big/f{i:03}")).collect();
+    bucket.put_many(&keys, b"x");
+    let owner = [("uid", "1002"), ("gid", "1002")];
+    // 0100600 and 040700, in decimal as s3fs stores them.
+    bucket.put_with_metadata(
+        "big/private.txt",
+        "private secret",
+        &[&owner[..], &[("mode", "33152")]].concat(),
+    );
+    bucket.put_with_metadata(
+        "big/privdir/",
+        "",
+        &[&owner[..], &[("mode", "16832")]].concat(),
+    );
+    bucket.put("big/privdir/inner.txt", "inner secret");
+    bucket
+}
+
+#[test]
+fn in_a_shared_mount_a_listing_never_opens_another_users_private_files() {
+    let bucket = bucket_with_private_objects();
+    let mount = Mount::new(&bucket.name, &["--allow-other", "--xattr"]);
+    let big = shell_quote(&mount.join("big"));
+    let listed = as_user(
+        1001,
+        &format!("ls -l {big} > /dev/null && ls {big}/privdir"),
+    );
+    assert!(
+        !listed.status.success(),
+        "uid 1001 listed a directory of mode 0700 owned by uid 1002"
+    );
+    for (what, script) in [
+        ("read the private file", format!("cat {big}/private.txt")),
+        (
+            "read below the private directory",
+            format!("cat {big}/privdir/inner.txt"),
+        ),
+        (
+            "got a presigned URL of the private file",
+            format!("getfattr --only-values -n bucketfs.presigned_url {big}/private.txt"),
+        ),
+        (
+            "asked for a restore of a file it cannot write",
+            format!("setfattr -n bucketfs.restore -v 1 {big}/private.txt"),
+        ),
+    ] {
+        // Right after a listing, as the report found, and again after a long one.
+        as_user(1001, &format!("ls -l {big} > /dev/null"));
+        let out = as_user(1001, &script);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && !stdout.contains("secret") && !stdout.contains("http"),
+            "uid 1001 {what}: {stdout}"
+        );
+    }
+    // What the owner's metadata says is what everyone sees.
+    let shown = sh_ok(&format!("stat -c '%a %u %g' {big}/private.txt"));
+    assert_eq!(shown.trim(), "600 1002 1002");
+    // The owner reads it.
+    let read = as_user(1002, &format!("cat {big}/private.txt"));
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "private secret");
+}
+
+#[test]
+fn uid_and_gid_options_override_the_stored_owner() {
+    let bucket = TestBucket::new();
+    bucket.put_with_metadata(
+        "f",
+        "x",
+        &[("uid", "1002"), ("gid", "1002"), ("mode", "33152")],
+    );
+    bucket.put("plain", "y");
+    let mount = Mount::new(&bucket.name, &["--uid", "1005", "--gid", "1006"]);
+    let root = shell_quote(mount.path());
+    let shown = sh_ok(&format!("stat -c '%a %u %g' {root}/f {root}/plain {root}"));
+    assert_eq!(shown.trim(), "600 1005 1006\n644 1005 1006\n755 1005 1006");
+}

@@ -294,6 +294,22 @@ impl TestBucket {
             .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
     }
 
+    /// PUT with user metadata (`x-amz-meta-NAME`), as another S3 filesystem stores it.
+    pub fn put_with_metadata(&self, key: &str, body: &str, metadata: &[(&str, &str)]) {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .body(ByteStream::from(body.as_bytes().to_vec()));
+        for (name, value) in metadata {
+            request = request.metadata(*name, *value);
+        }
+        runtime()
+            .block_on(request.send())
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    }
+
     pub fn put_many(&self, keys: &[String], body: &[u8]) {
         runtime().block_on(async {
             let mut tasks = Vec::new();

@@ -48,8 +48,8 @@ impl<S: ObjectStore> Fs<S> {
             // The version S3 holds under the name now is the one deleted at the last close
             // (not a newer one another client may write meanwhile).
             let stored = if pending {
-                // Nothing of it in S3, unless a rename that failed midway copied something.
-                self.delete_if_there(&key).await?;
+                // Nothing of it in S3: an object there now is another client's (this mount
+                // never saw it), not this file's to delete.
                 None
             } else {
                 match self.store.head(&key).await {

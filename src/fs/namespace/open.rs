@@ -36,9 +36,11 @@ impl<S: ObjectStore> Fs<S> {
         self.settle_orphan(&key).await?;
         // The kernel's lookup found nothing, but a request of this mount may have made the
         // name since (a rename onto it, say). Unless this mount knows (an entry, or a recent
-        // "not found" nothing has overtaken), S3 is asked.
+        // "not found" nothing has overtaken), S3 is asked. With O_EXCL it is asked even after
+        // a recent "not found": another client may have made the name since (a lock file).
+        let exclusive = flags & libc::O_EXCL != 0;
         let known = self.inodes.lock().unwrap().child(parent, name).is_some()
-            || self.negative.contains(parent, name);
+            || (!exclusive && self.negative.contains(parent, name));
         let found = match known {
             true => false,
             false => match self.probe(&key).await {
@@ -50,7 +52,10 @@ impl<S: ObjectStore> Fs<S> {
         if found && flags & libc::O_EXCL != 0 {
             return Err(FsError::Exists);
         }
-        let writer = Arc::new(tokio::sync::Mutex::new(self.new_writer(key.clone(), opts)));
+        // O_EXCL: its first upload expects no object there (If-None-Match), so another
+        // client's file made in the meantime is never replaced.
+        let writer = self.new_writer(key.clone(), opts).exclusive(exclusive);
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let ino = {
             let mut inodes = self.inodes.lock().unwrap();
             // A name known to be in S3 is replaced: it is not "only in this mount", and a

@@ -38,6 +38,15 @@ impl<S: ObjectStore> Fs<S> {
         if no_replace && dest.is_some() {
             return Err(FsError::Exists);
         }
+        if no_replace {
+            // "Absent" may be a cached answer (negative cache, listing) that another client
+            // has overtaken since: S3 is asked, as it is for O_EXCL.
+            match self.probe(&new_key).await {
+                Ok(_) => return Err(FsError::Exists),
+                Err(FsError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
         match (source.attrs.kind, dest.as_ref().map(|d| d.attrs.kind)) {
             (kind, Some(Kind::Dir)) if kind != Kind::Dir => return Err(FsError::IsDir),
             (Kind::Dir, Some(kind)) if kind != Kind::Dir => return Err(FsError::NotDir),
@@ -172,17 +181,17 @@ impl<S: ObjectStore> Fs<S> {
                 (source_guard, lock_opt(&dest_writer).await)
             }
         };
-        let (source_key, attrs, pending, dest_stored) = {
+        let (source_key, attrs, pending, dest_stored, dest_etag) = {
             let inodes = self.inodes.lock().unwrap();
             let inode = inodes.get(ino).ok_or(FsError::NotFound)?;
-            let dest_stored = dest
-                .and_then(|d| inodes.get(d))
-                .is_some_and(|d| !d.is_pending());
+            let dest_inode = dest.and_then(|d| inodes.get(d));
+            let dest_stored = dest_inode.is_some_and(|d| !d.is_pending());
             (
                 inode.key.clone(),
                 inode.attrs.clone(),
                 inode.is_pending(),
                 dest_stored,
+                dest_inode.and_then(|d| d.attrs.etag.clone()),
             )
         };
         debug!(source_key, new_key, "rename");
@@ -212,7 +221,7 @@ impl<S: ObjectStore> Fs<S> {
             let base_pin = source_guard
                 .as_ref()
                 .and_then(|g| g.base())
-                .filter(|b| b.size > 0 && b.key == source_key)
+                .filter(|b| b.key == source_key)
                 .and_then(|b| b.etag.clone());
             let (copied, version) = match base_pin {
                 Some(etag) => {
@@ -288,6 +297,17 @@ impl<S: ObjectStore> Fs<S> {
             // object under it (which stays until the new content replaces it, and shows again
             // if that fails).
             inodes.set_pending(ino, !dest_stored);
+            // What S3 holds under the new key is the replaced file's object (or nothing): the
+            // version a later rename or unlink of this file deletes there, never the old
+            // name's, which is gone.
+            if let Some(inode) = inodes.get(ino) {
+                let attrs = Attributes {
+                    etag: dest_etag.filter(|_| dest_stored),
+                    ..inode.attrs.clone()
+                };
+                let expires = inode.expires;
+                inodes.set_attrs(ino, attrs, expires);
+            }
         }
         Ok(())
     }

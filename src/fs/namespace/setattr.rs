@@ -141,7 +141,7 @@ impl<S: ObjectStore> Fs<S> {
                         // Pinned to the version the writer's later changes start from.
                         let pinned = writer
                             .base()
-                            .filter(|b| b.size > 0 && b.key == key)
+                            .filter(|b| b.key == key)
                             .and_then(|b| b.etag.clone());
                         let persisted = self
                             .persist_metadata(&name, &key, &new_attrs, None, pinned.as_deref())

@@ -33,7 +33,8 @@ impl<S: ObjectStore> FileWriter<S> {
         };
         match self.state {
             State::Committed | State::Orphaned => {
-                let base = self.base.clone().filter(|b| b.size > 0 && self.size > 0);
+                // An empty base is a version too: the commit expects it (If-Match).
+                let base = self.base.clone().filter(|b| b.size == 0 || self.size > 0);
                 self.patch = Some(PatchFile::new(disk, base)?);
             }
             State::Open => {

@@ -2,6 +2,7 @@
 //! parts uploaded in the background against the memory budget, and the commit as one
 //! PutObject (small files) or the completion of the multipart upload; failures abort it.
 
+use super::patching::in_place_expect;
 use super::*;
 
 impl<S: ObjectStore> FileWriter<S> {
@@ -248,11 +249,28 @@ impl<S: ObjectStore> FileWriter<S> {
         Ok(())
     }
 
+    /// What a streamed commit expects S3 to hold under the key: the version this writer
+    /// started from or last stored (an empty file written on, or a file fsynced and written
+    /// on: another client's version written since is never replaced); no object for a file
+    /// created with O_EXCL and never stored; nothing for a replacement (O_TRUNC, a new file).
+    fn stream_expect(&self) -> Option<Expect> {
+        in_place_expect(self.base.as_ref(), &self.key)
+            .or_else(|| self.exclusive.then_some(Expect::Absent))
+    }
+
     pub(super) async fn finish(&mut self) -> FsResult<Option<String>> {
         let rest = std::mem::take(&mut self.buffer).freeze();
+        let expect = self.stream_expect();
         if self.upload.is_none() {
             // Small and empty files: one PutObject (some servers reject an empty part).
-            return Ok(self.store.put(&self.key, rest, &self.opts).await?);
+            return Ok(match &expect {
+                Some(expect) => {
+                    self.store
+                        .put_expecting(&self.key, rest, &self.opts, expect)
+                        .await?
+                }
+                None => self.store.put(&self.key, rest, &self.opts).await?,
+            });
         }
         if !rest.is_empty() {
             self.send_part(rest, None).await?;
@@ -264,9 +282,18 @@ impl<S: ObjectStore> FileWriter<S> {
             (upload.key.clone(), upload.id.clone(), upload.opts.clone())
         };
         let etag = if upload_key == self.key {
-            self.store
-                .complete_multipart(&upload_key, &id, &self.done_parts)
-                .await?
+            match &expect {
+                Some(expect) => {
+                    self.store
+                        .complete_multipart_expecting(&upload_key, &id, &self.done_parts, expect)
+                        .await?
+                }
+                None => {
+                    self.store
+                        .complete_multipart(&upload_key, &id, &self.done_parts)
+                        .await?
+                }
+            }
         } else {
             // Renamed away while uploading: the rename deleted the old name's object, so only
             // another client can have written there since; its object is not replaced.
