@@ -152,13 +152,27 @@ fn plan(seed: u64) -> Plan {
             // A SIGTERM, in schedules without injected faults (a failed store at shutdown is
             // reported by its exit status, not modelled here).
             3 if p == 0 && rng.chance(150) => vec![Step::Shutdown],
-            _ => (0..1 + rng.below(2))
-                .map(|_| {
+            _ => {
+                let mut steps: Vec<Step> = Vec::new();
+                for _ in 0..1 + rng.below(2) {
                     let file = rng.pick(&FILES).to_string();
                     let other = rng.pick(&FILES).to_string();
                     let dir = rng.pick(&DIRS).to_string();
                     let other_dir = rng.pick(&DIRS).to_string();
-                    match rng.below(9) {
+                    // `mv a b; mv b c`: a rename on from where the last one went, often.
+                    if let Some(Step::Rename(_, to)) = steps.last() {
+                        if rng.chance(500) {
+                            let from = to.clone();
+                            let pool: &[&str] = if DIRS.contains(&from.as_str()) {
+                                &DIRS
+                            } else {
+                                &FILES
+                            };
+                            steps.push(Step::Rename(from, rng.pick(pool).to_string()));
+                            continue;
+                        }
+                    }
+                    steps.push(match rng.below(9) {
                         0 => Step::Truncate(file, rng.below(4) as u64),
                         1 => Step::Unlink(file),
                         2 | 3 => Step::Rename(file, other),
@@ -168,28 +182,54 @@ fn plan(seed: u64) -> Plan {
                         7 if rng.chance(500) => Step::Mkdir(dir),
                         7 => Step::Rmdir(dir),
                         _ => Step::List(dir),
-                    }
-                })
-                .collect(),
+                    });
+                }
+                steps
+            }
         };
         programs.push(program);
     }
     let shutdown = programs.contains(&vec![Step::Shutdown]);
+    let ttl = if rng.chance(500) {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(3600)
+    };
+    let fault_per_mille = if rng.chance(500) || shutdown {
+        0
+    } else {
+        30 + rng.below(120) as u64
+    };
+    let part_size = if rng.chance(300) { 4 } else { 8 << 20 };
+    // Another client writing the same keys, where the mount must see it at once (no
+    // caching): its writes land between any two of the mount's requests. Its objects carry
+    // no metadata, so these schedules change none through the mount either (a mode the other
+    // client's PUT dropped is not what they are about).
+    if ttl.is_zero() && rng.chance(400) {
+        for steps in &mut programs {
+            for step in steps.iter_mut() {
+                let kept = match &*step {
+                    Step::Fchmod(_) | Step::Fsetxattr(..) => Step::Fstat,
+                    Step::Chmod(path, _) | Step::SetXattr(path, ..) => {
+                        Step::List(model::parent(path).to_string())
+                    }
+                    other => other.clone(),
+                };
+                *step = kept;
+            }
+        }
+        let foreign = (0..1 + rng.below(2))
+            .map(|n| Step::ForeignPut(rng.pick(&FILES).to_string(), format!("o{n}").into_bytes()))
+            .collect();
+        programs.push(foreign);
+    }
     Plan {
         files,
         dirs,
         programs,
-        ttl: if rng.chance(500) {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(3600)
-        },
-        fault_per_mille: if rng.chance(500) || shutdown {
-            0
-        } else {
-            30 + rng.below(120) as u64
-        },
-        part_size: if rng.chance(300) { 4 } else { 8 << 20 },
+        ttl,
+        fault_per_mille,
+        part_size,
     }
 }
 

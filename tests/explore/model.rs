@@ -49,6 +49,9 @@ pub enum Step {
     /// SIGTERM: every file open for writing is stored, and every change from then on is
     /// refused (`EROFS`); closing and reading go on.
     Shutdown,
+    /// Another client (a second machine) PUTs the key, with no metadata, straight to S3: it
+    /// acts on the key string, not through this mount's names.
+    ForeignPut(String, Vec<u8>),
 }
 
 impl Step {
@@ -222,6 +225,7 @@ impl Model {
                 | Step::Close
                 | Step::List(_)
                 | Step::Shutdown
+                | Step::ForeignPut(..)
         );
         if self.shutting_down && changes {
             return Err(());
@@ -354,6 +358,34 @@ impl Model {
                     return Err(());
                 }
             }
+            Step::ForeignPut(path, data) => {
+                // The file now holds the other client's bytes and no metadata; a descriptor
+                // open on it still stores its own content at its close (or fails, ESTALE,
+                // when it changes in place: nothing changed, which a failed step may be).
+                let path = path.clone();
+                match self.nodes.get_mut(&path) {
+                    Some(Node::File(file)) => {
+                        file.data = data.clone();
+                        file.mode = NEW_FILE_MODE;
+                        file.xattrs.clear();
+                        file.unstored = false;
+                    }
+                    Some(Node::Dir) => return Err(()),
+                    None => {
+                        let id = self.new_id();
+                        self.nodes.insert(
+                            path,
+                            Node::File(File {
+                                id,
+                                data: data.clone(),
+                                mode: NEW_FILE_MODE,
+                                xattrs: BTreeMap::new(),
+                                unstored: false,
+                            }),
+                        );
+                    }
+                }
+            }
             Step::Shutdown => {
                 self.shutting_down = true;
                 let open: Vec<usize> = self.fds.keys().copied().collect();
@@ -378,7 +410,14 @@ impl Model {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<(), ()> {
-        let source = self.nodes.get(from).cloned().ok_or(())?;
+        // A directory without a marker (implied by the keys below it, as another client's
+        // PUT makes one) moves its children only.
+        let implied = !from.is_empty() && !self.nodes.contains_key(from) && self.is_dir(from);
+        let source = match self.nodes.get(from) {
+            Some(node) => node.clone(),
+            None if implied => Node::Dir,
+            None => return Err(()),
+        };
         if from == to {
             return Ok(());
         }
@@ -394,7 +433,10 @@ impl Model {
             _ => {}
         }
         self.nodes.remove(to);
-        let node = self.nodes.remove(from).expect("checked");
+        let node = match implied {
+            true => Node::Dir,
+            false => self.nodes.remove(from).expect("checked"),
+        };
         if matches!(node, Node::Dir) {
             self.moves.push((from.to_string(), to.to_string()));
             let prefix = format!("{from}/");
@@ -410,7 +452,9 @@ impl Model {
                     .insert(format!("{to}/{}", &key[prefix.len()..]), moved);
             }
         }
-        self.nodes.insert(to.to_string(), node);
+        if !implied {
+            self.nodes.insert(to.to_string(), node);
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bucketfs::fs::error::{FsError, FsResult};
 use bucketfs::fs::namespace::{Caller, SetAttr};
 use bucketfs::fs::Fs;
+use bucketfs::store::ObjectStore;
 
 use crate::model::{parent, Outcome, Step};
 use crate::store::ScheduledStore;
@@ -90,6 +91,13 @@ async fn run_step_with(
     refs: &mut Vec<u64>,
 ) -> FsResult<()> {
     match step {
+        Step::ForeignPut(path, data) => {
+            // Through the scheduled store, so it lands between any two of the mount's requests.
+            let body = bytes::Bytes::from(data.clone());
+            fs.store()
+                .put(path, body, &bucketfs::store::PutOptions::default())
+                .await?;
+        }
         Step::Create(path) => {
             let dir = resolve(fs, parent(path), refs).await?;
             match fs.lookup(dir, name_of(path)).await {
