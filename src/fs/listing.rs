@@ -199,14 +199,12 @@ impl<S: ObjectStore> Fs<S> {
                 }
             }
         }
-        if !self.config.stat_metadata {
-            // In a shared mount even a large directory's entries are unverified: the
-            // listing's defaults (mode, owner) would decide other users' access.
-            return Ok(if small || self.config.shared {
-                unknown
-            } else {
-                Vec::new()
-            });
+        // In a shared mount the listing's defaults (mode, owner) must never decide another
+        // user's access: a large directory's unknown entries are HEADed here, concurrently
+        // (an `ls -l` would otherwise look each up in turn), a small one's stay unverified.
+        let head_them = self.config.stat_metadata || (self.config.shared && !small);
+        if !head_them {
+            return Ok(if small { unknown } else { Vec::new() });
         }
         if unknown.is_empty() {
             return Ok(Vec::new());
@@ -226,6 +224,7 @@ impl<S: ObjectStore> Fs<S> {
             .buffered(STAT_METADATA_CONCURRENCY)
             .collect()
             .await;
+        let mut unverified = Vec::new();
         for (i, result) in unknown.into_iter().zip(results) {
             match result {
                 Ok(info) if entries[i].attrs.kind == Kind::Dir => {
@@ -233,12 +232,14 @@ impl<S: ObjectStore> Fs<S> {
                         Attributes::directory_from_marker(&info, &self.config.defaults)
                 }
                 Ok(info) => entries[i].attrs = Attributes::file(&info, &self.config.defaults),
-                // Deleted since the listing: shown as listed; a lookup will tell.
-                Err(StoreError::NotFound) => {}
+                // A directory without a marker has no metadata: its defaults are its own.
+                Err(StoreError::NotFound) if entries[i].attrs.kind == Kind::Dir => {}
+                // Deleted (or replaced) since the listing: shown uncached; a lookup will tell.
+                Err(StoreError::NotFound) => unverified.push(i),
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(Vec::new())
+        Ok(unverified)
     }
 
     pub fn releasedir(&self, fh: u64) {
