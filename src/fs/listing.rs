@@ -9,7 +9,12 @@ impl<S: ObjectStore> Fs<S> {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let handle = DirHandle {
             ino,
-            listing: DirListing::new(prefix, self.config.defaults, self.mount_time),
+            listing: DirListing::new(
+                prefix,
+                self.config.defaults,
+                self.mount_time,
+                self.listing_memory.clone(),
+            ),
             epoch: self.snapshots.epoch(),
             stamp: self.inodes.lock().unwrap().stamp(),
         };
@@ -31,14 +36,14 @@ impl<S: ObjectStore> Fs<S> {
         max: usize,
         plus: bool,
     ) -> FsResult<Vec<DirItem>> {
-        let handle = self
+        let shared = self
             .dirs
             .lock()
             .unwrap()
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
-        let mut handle = handle.lock().await;
+        let mut handle = shared.lock().await;
         let dir_ino = handle.ino;
         if offset == 0 {
             handle.listing.restart();
@@ -157,7 +162,29 @@ impl<S: ObjectStore> Fs<S> {
                 verified,
             });
         }
+        drop(inodes);
+        drop(handle);
+        if self.listing_memory.over() {
+            self.evict_idle_listings(&shared);
+        }
         Ok(items)
+    }
+
+    /// Drops the listings of open directory handles no readdir is using now, until the
+    /// listings' memory is under its limit again (see `dir::ListingMemory`).
+    fn evict_idle_listings(&self, reading: &Arc<tokio::sync::Mutex<DirHandle>>) {
+        let handles: Vec<_> = self.dirs.lock().unwrap().values().cloned().collect();
+        for handle in handles {
+            if !self.listing_memory.over() {
+                break;
+            }
+            if Arc::ptr_eq(&handle, reading) {
+                continue;
+            }
+            if let Ok(mut idle) = handle.try_lock() {
+                idle.listing.evict();
+            }
+        }
     }
 
     /// Listings carry no metadata, so a listed entry shows the mount's default owner and mode,

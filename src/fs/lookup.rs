@@ -169,8 +169,12 @@ impl<S: ObjectStore> Fs<S> {
     /// Lists a small directory again to renew its snapshot (dropped if it grew too large).
     pub(super) async fn renew_snapshot(&self, dir: u64, prefix: &str) -> FsResult<()> {
         let epoch = self.snapshots.epoch();
-        let mut listing =
-            DirListing::new(prefix.to_string(), self.config.defaults, self.mount_time);
+        let mut listing = DirListing::new(
+            prefix.to_string(),
+            self.config.defaults,
+            self.mount_time,
+            self.listing_memory.clone(),
+        );
         listing.set_local(self.local_children(dir));
         listing
             .entries_from(&self.store, 0, SNAPSHOT_MAX_NAMES + 1)

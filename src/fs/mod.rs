@@ -38,7 +38,7 @@ use crate::metrics::{metrics, Cache};
 use crate::store::{ObjectInfo, ObjectStore, PutOptions, StoreError};
 use attrs::{AttrDefaults, Attributes, Kind};
 use cache::{BlockCache, DirSnapshots, NegativeCache, SnapshotAnswer, SNAPSHOT_MAX_NAMES};
-use dir::DirListing;
+use dir::{DirListing, ListingMemory};
 use disk_cache::{DiskCache, DiskCacheConfig};
 use error::{FsError, FsResult};
 use inode::InodeTable;
@@ -145,6 +145,12 @@ impl FsConfig {
         self.max_memory / 8
     }
 
+    /// Most bytes the listings of open directory handles hold together before idle ones are
+    /// dropped (to be listed again if read on): an eighth of `--max-memory`, at least 4 MiB.
+    pub fn listing_memory(&self) -> usize {
+        (self.max_memory / 8).max(4 << 20) as usize
+    }
+
     pub fn buffer_bytes(&self) -> u64 {
         self.max_memory
             - self.block_cache_bytes()
@@ -249,6 +255,8 @@ pub struct Fs<S> {
     files: Mutex<HashMap<u64, (u64, FileHandle<S>)>>,
     /// Level 3: open directory handles.
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    /// What the listings of open directory handles hold, all together (see `dir`).
+    listing_memory: Arc<ListingMemory>,
     journal: Option<Arc<UploadJournal>>,
     /// Set at SIGTERM/SIGINT: every change is refused from then on (EROFS).
     shutting_down: std::sync::atomic::AtomicBool,
@@ -258,6 +266,7 @@ pub struct Fs<S> {
 
 impl<S: ObjectStore> Fs<S> {
     pub fn new(store: Arc<S>, config: FsConfig) -> Self {
+        let listing_memory = ListingMemory::new(config.listing_memory());
         let mount_time = SystemTime::now();
         let root_attrs = Attributes::directory(mount_time, &config.defaults);
         let read_ctx = ReadContext {
@@ -278,6 +287,7 @@ impl<S: ObjectStore> Fs<S> {
             read_ctx,
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            listing_memory,
             journal: None,
             shutting_down: Default::default(),
             next_handle: AtomicU64::new(1),

@@ -135,3 +135,89 @@ fn uid_and_gid_options_override_the_stored_owner() {
     let shown = sh_ok(&format!("stat -c '%a %u %g' {root}/f {root}/plain {root}"));
     assert_eq!(shown.trim(), "600 1005 1006\n644 1005 1006\n755 1005 1006");
 }
+
+/// The most memory the process has held (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        / 1024
+}
+
+// The README's bound: `--max-memory` plus 80 MiB.
+const BOUND_AT_64_MIB: u64 = 64 + 80;
+
+#[test]
+fn many_open_handles_of_a_large_directory_stay_within_the_memory_bound() {
+    // Listing 150 × 6,000 entries takes minutes on moto; Garage lists fast.
+    if skip_unless(ServerKind::Garage, "moto lists too slowly for 900 pages") {
+        return;
+    }
+    let bucket = TestBucket::new();
+    // Each handle held its own copy of the listing (about 225 bytes an entry): 150 × 6,000
+    // entries were about 200 MiB on top of the rest.
+    let keys: Vec<String> = (0..6_000).map(|i| format!("d/entry-{i:06}")).collect();
+    bucket.put_many(&keys, b"");
+    let mount = Mount::new(&bucket.name, &["--allow-other", "--max-memory", "64"]);
+    let dir = mount.join("d");
+    // Another user opens 150 descriptors of the directory and reads each to the end, all
+    // held open at once.
+    let script = format!(
+        "import os\n\
+         fds = [os.open({dir:?}, os.O_RDONLY | os.O_DIRECTORY) for _ in range(150)]\n\
+         counts = {{len(os.listdir(fd)) for fd in fds}}\n\
+         print(sorted(counts))\n",
+        dir = dir.display().to_string()
+    );
+    let out = as_user(
+        1001,
+        &format!("python3 -c {}", shell_quote(std::path::Path::new(&script))),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[6000]",
+        "every handle listed the whole directory"
+    );
+    let peak = peak_rss_mib(mount.pid());
+    eprintln!("peak RSS with 150 handles of 6,000 entries: {peak} MiB");
+    assert!(
+        peak <= BOUND_AT_64_MIB,
+        "peak RSS {peak} MiB over the bound of {BOUND_AT_64_MIB} MiB"
+    );
+}
+
+#[test]
+fn the_metrics_endpoint_cannot_be_made_to_hold_memory() {
+    use std::io::Write;
+    let bucket = TestBucket::new();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mount = Mount::new(
+        &bucket.name,
+        &["--metrics-addr", &addr, "--max-memory", "64"],
+    );
+    // A request line without end: 256 MiB, then a scrape by someone else.
+    let mut flood = std::net::TcpStream::connect(&addr).unwrap();
+    let chunk = vec![b'A'; 1 << 20];
+    for _ in 0..256 {
+        if flood.write_all(&chunk).is_err() {
+            break; // the server stopped reading and closed: what it should do
+        }
+    }
+    let mut scrape = std::net::TcpStream::connect(&addr).unwrap();
+    write!(scrape, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut scrape, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let peak = peak_rss_mib(mount.pid());
+    eprintln!("peak RSS after a 256 MiB request line: {peak} MiB");
+    assert!(peak <= BOUND_AT_64_MIB, "peak RSS {peak} MiB");
+}
