@@ -92,4 +92,16 @@ mod tests {
         assert!(check_owned(&dir).is_ok());
         std::fs::remove_dir_all(&base).unwrap();
     }
+
+    #[test]
+    fn a_state_directory_of_another_user_is_refused() {
+        let dir = std::env::temp_dir().join(format!("bucketfs-foreign-{}", std::process::id()));
+        create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(12345), None)
+            .expect("chown needs root: the test suite runs as root (.ci/run)");
+        let refused = check_owned(&dir).unwrap_err();
+        assert!(refused.contains("belongs to uid 12345"), "{refused}");
+        assert!(refused.contains("--state-dir"), "{refused}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
