@@ -145,10 +145,18 @@ impl FsConfig {
         self.max_memory / 8
     }
 
+    /// Most bytes all writers hold outside the memory budget together (the first MiB of each
+    /// file, parts filled over budget): a quarter of `--max-memory`, from 16 to 32 MiB (part
+    /// of the README's 80 MiB beyond `--max-memory`).
+    pub fn write_overdraft(&self) -> usize {
+        (self.max_memory / 4).clamp(16 << 20, 32 << 20) as usize
+    }
+
     /// Most bytes the listings of open directory handles hold together before idle ones are
-    /// dropped (to be listed again if read on): an eighth of `--max-memory`, at least 4 MiB.
+    /// dropped (to be listed again if read on): an eighth of `--max-memory`, from 4 to 16 MiB
+    /// (part of the README's 80 MiB beyond `--max-memory`).
     pub fn listing_memory(&self) -> usize {
-        (self.max_memory / 8).max(4 << 20) as usize
+        (self.max_memory / 8).clamp(4 << 20, 16 << 20) as usize
     }
 
     pub fn buffer_bytes(&self) -> u64 {
@@ -257,6 +265,9 @@ pub struct Fs<S> {
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     /// What the listings of open directory handles hold, all together (see `dir`).
     listing_memory: Arc<ListingMemory>,
+    /// Memory writers may hold outside the budget, all together (see
+    /// `FileWriter::with_overdraft`).
+    write_overdraft: Arc<tokio::sync::Semaphore>,
     journal: Option<Arc<UploadJournal>>,
     /// Set at SIGTERM/SIGINT: every change is refused from then on (EROFS).
     shutting_down: std::sync::atomic::AtomicBool,
@@ -267,6 +278,7 @@ pub struct Fs<S> {
 impl<S: ObjectStore> Fs<S> {
     pub fn new(store: Arc<S>, config: FsConfig) -> Self {
         let listing_memory = ListingMemory::new(config.listing_memory());
+        let write_overdraft = Arc::new(tokio::sync::Semaphore::new(config.write_overdraft()));
         let mount_time = SystemTime::now();
         let root_attrs = Attributes::directory(mount_time, &config.defaults);
         let read_ctx = ReadContext {
@@ -288,6 +300,7 @@ impl<S: ObjectStore> Fs<S> {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             listing_memory,
+            write_overdraft,
             journal: None,
             shutting_down: Default::default(),
             next_handle: AtomicU64::new(1),

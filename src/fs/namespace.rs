@@ -304,6 +304,7 @@ impl<S: ObjectStore> Fs<S> {
         )
         .with_journal(self.journal.clone())
         .with_disk(self.read_ctx.disk.clone())
+        .with_overdraft(self.write_overdraft.clone())
     }
 
     fn new_handle(&self, ino: u64, handle: FileHandle<S>) -> u64 {

@@ -1187,6 +1187,7 @@ async fn a_file_renamed_away_and_back_while_uploading_lands_under_its_name() {
 }
 
 mod archive;
+mod bounds;
 mod copy_range;
 mod gate;
 mod posix;

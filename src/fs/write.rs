@@ -88,6 +88,11 @@ pub struct FileWriter<S> {
     buffer: PartBuffer,
     /// Budget held for `buffer`.
     buffer_permit: Option<OwnedSemaphorePermit>,
+    /// Memory outside the budget, shared by all writers (see `with_overdraft`): the small
+    /// start of a file, and a part filled over budget.
+    overdraft: Option<Arc<Semaphore>>,
+    /// What this file's small start holds of it.
+    small_permit: Option<OwnedSemaphorePermit>,
     /// The part being filled has been given its budget (or went on without, see
     /// `hold_part_budget`).
     part_budgeted: bool,
@@ -136,6 +141,8 @@ impl<S: ObjectStore> FileWriter<S> {
             budget_total: budget_total.max(1),
             buffer: PartBuffer::default(),
             buffer_permit: None,
+            overdraft: None,
+            small_permit: None,
             part_budgeted: false,
             parked_error: None,
             size: 0,
@@ -150,6 +157,15 @@ impl<S: ObjectStore> FileWriter<S> {
             patch: None,
             random_access: false,
         }
+    }
+
+    /// Bounds what all writers hold outside the memory budget together: the first MiB of each
+    /// file and the parts filled over budget come from here, and when it is used up a file's
+    /// start goes to local disk instead (as a file written in place), and a part waits for
+    /// the budget.
+    pub fn with_overdraft(mut self, overdraft: Arc<Semaphore>) -> Self {
+        self.overdraft = Some(overdraft);
+        self
     }
 
     /// Where changed bytes of files written in place are kept.
@@ -258,6 +274,7 @@ impl<S: ObjectStore> FileWriter<S> {
         self.abort().await;
         self.patch = None;
         self.buffer = PartBuffer::default();
+        self.small_permit = None;
         self.buffer_permit = None;
         self.part_budgeted = false;
         self.state = State::Discarded;
@@ -273,6 +290,7 @@ impl<S: ObjectStore> FileWriter<S> {
         }
         self.abort().await;
         self.buffer = PartBuffer::default();
+        self.small_permit = None;
         self.buffer_permit = None;
         self.part_budgeted = false;
         self.state = State::Orphaned;

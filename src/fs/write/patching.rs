@@ -49,6 +49,7 @@ impl<S: ObjectStore> FileWriter<S> {
                 let mut patch = PatchFile::new(disk, None)?;
                 patch.write(0, self.buffer.as_slice())?;
                 self.buffer = PartBuffer::default();
+                self.small_permit = None;
                 self.buffer_permit = None;
                 self.part_budgeted = false;
                 self.patch = Some(patch);

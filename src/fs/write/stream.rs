@@ -52,8 +52,9 @@ impl<S: ObjectStore> FileWriter<S> {
         if self.patch.is_none() && self.state == State::Open && self.upload.is_some() {
             return self.write_streamed(offset, data).await;
         }
-        if self.patch.is_some() || self.needs_patch(offset) {
+        if self.patch.is_some() || self.needs_patch(offset) || self.small_start_spills(data.len()) {
             self.ensure_patch()?;
+            self.small_permit = None;
             let patch = self.patch.as_mut().expect("just made");
             // A refused write (no disk room) changes nothing: the file stays as it was.
             patch.write(offset, data)?;
@@ -66,8 +67,46 @@ impl<S: ObjectStore> FileWriter<S> {
         if self.state == State::Committed {
             self.state = State::Open;
         }
-        self.append(data).await?;
+        let appended = self.append(data).await;
+        if self.upload.is_some() || self.buffer.capacity() > SMALL_START {
+            // No small start any more: the buffer is a whole part, under the budget.
+            self.small_permit = None;
+        }
+        appended?;
         Ok(data.len() as u32)
+    }
+
+    /// True when `len` more bytes would grow the small start of this file past what the
+    /// overdraft can give, and the file can go to local disk instead; otherwise the growth is
+    /// taken from the overdraft (or the file has no overdraft to keep to).
+    fn small_start_spills(&mut self, len: usize) -> bool {
+        let needed = self.buffer.len() + len;
+        let Some(overdraft) = self.overdraft.clone() else {
+            return false;
+        };
+        if self.upload.is_some() || needed > SMALL_START || needed <= self.buffer.capacity() {
+            return false;
+        }
+        let held = self.small_permit.as_ref().map_or(0, |p| p.num_permits());
+        let more = needed.next_power_of_two().saturating_sub(held);
+        if more == 0 {
+            return false;
+        }
+        match overdraft.try_acquire_many_owned(more.min(u32::MAX as usize) as u32) {
+            Ok(permit) => {
+                match &mut self.small_permit {
+                    Some(held) => held.merge(permit),
+                    None => self.small_permit = Some(permit),
+                }
+                false
+            }
+            Err(_) if self.disk.is_some() && self.state != State::Orphaned => {
+                debug!(key = %self.key, "memory outside the budget used up: this file goes to local disk");
+                true
+            }
+            // No local disk: the start stays in memory (README: Bounds).
+            Err(_) => false,
+        }
     }
 
     /// A write to a file streaming into a multipart upload: bytes still in the part being
@@ -188,6 +227,24 @@ impl<S: ObjectStore> FileWriter<S> {
             Ok(Ok(permit)) => self.buffer_permit = Some(permit),
             Ok(Err(_)) => warn!(key = %self.key, "memory budget closed"),
             Err(_) => {
+                // Over budget, from the overdraft while it lasts; when it is used up too, this
+                // part waits for the budget as long as it takes.
+                let over = self
+                    .overdraft
+                    .as_ref()
+                    .map(|o| o.clone().try_acquire_many_owned(permits));
+                match over {
+                    Some(Ok(permit)) => self.buffer_permit = Some(permit),
+                    None => {}
+                    Some(Err(_)) => {
+                        debug!(key = %self.key, "memory budget and overdraft used up: waiting");
+                        let wait = self.budget.clone().acquire_many_owned(permits);
+                        if let Ok(permit) = wait.await {
+                            self.buffer_permit = Some(permit);
+                        }
+                        return;
+                    }
+                }
                 debug!(key = %self.key, "memory budget held by other files: one part over it");
                 // Best effort: a failed part surfaces at the next write or the commit.
                 if let Err(e) = self.drain_parts().await {
@@ -260,6 +317,7 @@ impl<S: ObjectStore> FileWriter<S> {
 
     pub(super) async fn finish(&mut self) -> FsResult<Option<String>> {
         let rest = std::mem::take(&mut self.buffer).freeze();
+        self.small_permit = None;
         let expect = self.stream_expect();
         if self.upload.is_none() {
             // Small and empty files: one PutObject (some servers reject an empty part).
@@ -371,6 +429,7 @@ impl<S: ObjectStore> FileWriter<S> {
         self.abort().await;
         self.patch = None;
         self.buffer = PartBuffer::default();
+        self.small_permit = None;
         self.buffer_permit = None;
         self.part_budgeted = false;
         self.size = 0;
@@ -411,6 +470,7 @@ impl<S: ObjectStore> FileWriter<S> {
         self.abort().await;
         self.patch = None;
         self.buffer = PartBuffer::default();
+        self.small_permit = None;
         self.buffer_permit = None;
         self.part_budgeted = false;
         // The caller gets EIO for data S3 did not take; the specific cause is in the log.
