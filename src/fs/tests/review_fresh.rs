@@ -205,3 +205,25 @@ async fn fresh_a_file_being_written_renamed_over_another_then_on_leaves_no_old_o
         "the file renamed over came back under b"
     );
 }
+
+// The same class, found after the review: a new file whose writes turn to local disk (a
+// write behind the end before any part was uploaded, or its start spilled past the
+// overdraft) lost the condition its stream carried: an O_EXCL file's first upload replaced
+// an object another client made meanwhile.
+#[tokio::test]
+async fn an_exclusive_file_written_out_of_order_never_replaces_another_clients_object() {
+    let (store, fs) = fs_with(&[], super::posix::with_disk());
+    let (_, fh) = fs
+        .create_with_flags(ROOT_INO, OsStr::new("lock"), 0o644, libc::O_EXCL, ROOT)
+        .await
+        .unwrap();
+    fs.write(fh, 0, b"mine, first").await.unwrap();
+    fs.write(fh, 0, b"M").await.unwrap(); // behind the end: the file goes to local disk
+    store.inner().insert("lock", "held by another client");
+    assert_eq!(fs.commit(fh).await.unwrap_err().errno(), libc::ESTALE);
+    fs.release(fh).await;
+    assert_eq!(
+        &store.inner().get("lock").unwrap()[..],
+        b"held by another client"
+    );
+}

@@ -276,7 +276,7 @@ impl<S: ObjectStore> FileWriter<S> {
         if size <= single_part {
             let _permit = hold_budget(&self.budget, size as usize, self.budget_total).await;
             let body = patch.assemble(self.store.as_ref(), 0..size).await?;
-            return match in_place_expect(patch.base(), &self.key) {
+            return match in_place_expect(patch.base(), &self.key).or_else(|| self.stream_expect()) {
                 // Over the version the change started from only: another client's newer
                 // one is kept (ESTALE).
                 Some(expect) => self
@@ -290,7 +290,7 @@ impl<S: ObjectStore> FileWriter<S> {
         let plan = patch.plan(MIN_PART_SIZE, self.base_part_size);
         let id = self.store.create_multipart(&self.key, &self.opts).await?;
         self.journal_record(&self.key, &id);
-        let expect = in_place_expect(patch.base(), &self.key);
+        let expect = in_place_expect(patch.base(), &self.key).or_else(|| self.stream_expect());
         let outcome = async {
             let parts = self.run_plan(&plan, &id).await?;
             Ok::<_, FsError>(match &expect {

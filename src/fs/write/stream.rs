@@ -310,7 +310,7 @@ impl<S: ObjectStore> FileWriter<S> {
     /// started from or last stored (an empty file written on, or a file fsynced and written
     /// on: another client's version written since is never replaced); no object for a file
     /// created with O_EXCL and never stored; nothing for a replacement (O_TRUNC, a new file).
-    fn stream_expect(&self) -> Option<Expect> {
+    pub(super) fn stream_expect(&self) -> Option<Expect> {
         in_place_expect(self.base.as_ref(), &self.key)
             .or_else(|| self.exclusive.then_some(Expect::Absent))
     }
