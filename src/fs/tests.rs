@@ -1197,3 +1197,4 @@ mod review_copy;
 mod review_fresh;
 mod review_keys;
 mod review_orphan;
+mod review_overdraft;

@@ -93,6 +93,9 @@ pub struct FileWriter<S> {
     overdraft: Option<Arc<Semaphore>>,
     /// What this file's small start holds of it.
     small_permit: Option<OwnedSemaphorePermit>,
+    /// The start went to local disk for want of overdraft (not for a write out of order):
+    /// written on in order past the small start, the file streams again (`unspill`).
+    spilled_start: bool,
     /// The part being filled has been given its budget (or went on without, see
     /// `hold_part_budget`).
     part_budgeted: bool,
@@ -143,6 +146,7 @@ impl<S: ObjectStore> FileWriter<S> {
             buffer_permit: None,
             overdraft: None,
             small_permit: None,
+            spilled_start: false,
             part_budgeted: false,
             parked_error: None,
             size: 0,

@@ -259,7 +259,10 @@ impl<S: ObjectStore> Fs<S> {
         // Every S3 step succeeded: now the writers follow.
         if let Some(writer) = source_guard.as_mut() {
             writer.set_key(new_key.clone());
-            if !streamed {
+            if streamed {
+                // The old name's object is deleted: no version is this writer's to expect.
+                writer.forget_base();
+            } else {
                 writer.rebase(new_key.clone(), new_etag.clone());
             }
         }

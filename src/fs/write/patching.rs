@@ -210,6 +210,12 @@ impl<S: ObjectStore> FileWriter<S> {
             .map(|b| b.size)
     }
 
+    /// The file's object is gone (a rename deleted the old name's object while this writer's
+    /// content was not stored yet): its next commit expects no version of its own.
+    pub fn forget_base(&mut self) {
+        self.base = None;
+    }
+
     /// The file's object was copied to `key` (a rename): later in-place changes start from it.
     pub fn rebase(&mut self, key: String, etag: Option<String>) {
         if let Some(base) = &mut self.base {

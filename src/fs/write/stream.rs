@@ -52,9 +52,24 @@ impl<S: ObjectStore> FileWriter<S> {
         if self.patch.is_none() && self.state == State::Open && self.upload.is_some() {
             return self.write_streamed(offset, data).await;
         }
-        if self.patch.is_some() || self.needs_patch(offset) || self.small_start_spills(data.len()) {
+        if self.spilled_start && self.patch.is_none() {
+            self.spilled_start = false; // committed or dropped since
+        }
+        if self.spilled_start {
+            let in_order = offset == self.size && self.state == State::Open;
+            if in_order && self.size as usize + data.len() > SMALL_START {
+                self.unspill().await?;
+            } else if !in_order {
+                self.spilled_start = false; // written out of order: stays on disk
+            }
+        }
+        let spills = self.patch.is_none()
+            && !self.needs_patch(offset)
+            && self.small_start_spills(data.len());
+        if self.patch.is_some() || self.needs_patch(offset) || spills {
             self.ensure_patch()?;
             self.small_permit = None;
+            self.spilled_start |= spills;
             let patch = self.patch.as_mut().expect("just made");
             // A refused write (no disk room) changes nothing: the file stays as it was.
             patch.write(offset, data)?;
@@ -74,6 +89,27 @@ impl<S: ObjectStore> FileWriter<S> {
         }
         appended?;
         Ok(data.len() as u32)
+    }
+
+    /// A start that went to disk for want of overdraft grows past the small start: its bytes
+    /// come back into the part buffer (under the budget, as a whole part), and the file
+    /// streams on like any new file, so a large file never needs local disk for all of it.
+    async fn unspill(&mut self) -> FsResult<()> {
+        let patch = self.patch.take().expect("a spilled start is a patch");
+        let size = patch.size();
+        let bytes = patch.assemble(self.store.as_ref(), 0..size).await?;
+        self.spilled_start = false;
+        self.buffer = PartBuffer::default();
+        self.small_permit = None;
+        let part_size = part_size_for(self.base_part_size, 1) as usize;
+        self.hold_part_budget(part_size).await;
+        if let Some(e) = self.parked_error.take() {
+            return Err(self.fail(e).await);
+        }
+        self.buffer.reserve_part(part_size, self.store.buffers());
+        self.buffer.extend_from_slice(&bytes);
+        self.size = size;
+        Ok(())
     }
 
     /// True when `len` more bytes would grow the small start of this file past what the
@@ -227,24 +263,14 @@ impl<S: ObjectStore> FileWriter<S> {
             Ok(Ok(permit)) => self.buffer_permit = Some(permit),
             Ok(Err(_)) => warn!(key = %self.key, "memory budget closed"),
             Err(_) => {
-                // Over budget, from the overdraft while it lasts; when it is used up too, this
-                // part waits for the budget as long as it takes.
+                // Over budget: counted in the overdraft while it lasts. Past it the part goes on
+                // all the same (waiting could deadlock a program that fills these files in
+                // turn, as `tee` does): one part per file at most (README: Bounds).
                 let over = self
                     .overdraft
                     .as_ref()
-                    .map(|o| o.clone().try_acquire_many_owned(permits));
-                match over {
-                    Some(Ok(permit)) => self.buffer_permit = Some(permit),
-                    None => {}
-                    Some(Err(_)) => {
-                        debug!(key = %self.key, "memory budget and overdraft used up: waiting");
-                        let wait = self.budget.clone().acquire_many_owned(permits);
-                        if let Ok(permit) = wait.await {
-                            self.buffer_permit = Some(permit);
-                        }
-                        return;
-                    }
-                }
+                    .and_then(|o| o.clone().try_acquire_many_owned(permits).ok());
+                self.buffer_permit = over;
                 debug!(key = %self.key, "memory budget held by other files: one part over it");
                 // Best effort: a failed part surfaces at the next write or the commit.
                 if let Err(e) = self.drain_parts().await {
