@@ -227,3 +227,23 @@ async fn an_exclusive_file_written_out_of_order_never_replaces_another_clients_o
         b"held by another client"
     );
 }
+
+// From the review of the overdraft (a suspicion, proven here): an O_EXCL file filled by a
+// whole-object copy_file_range (`cp`) is stored with one CopyObject, which carries no
+// condition on its destination: it replaced an object another client made meanwhile.
+#[tokio::test]
+async fn an_exclusive_copy_never_replaces_another_clients_object() {
+    let (store, fs) = fs_with(&[("src", "source bytes")], super::posix::with_disk());
+    let source = lookup_path(&fs, "src").await.unwrap();
+    let reader = fs.open(source.ino, libc::O_RDONLY).await.unwrap();
+    let (_, fh) = fs
+        .create_with_flags(ROOT_INO, OsStr::new("dst"), 0o644, libc::O_EXCL, ROOT)
+        .await
+        .unwrap();
+    assert_eq!(fs.copy_range(reader, 0, fh, 0, 12).await, Ok(12));
+    store.inner().insert("dst", "another client's");
+    assert_eq!(fs.commit(fh).await.unwrap_err().errno(), libc::ESTALE);
+    fs.release(fh).await;
+    fs.release(reader).await;
+    assert_eq!(&store.inner().get("dst").unwrap()[..], b"another client's");
+}

@@ -271,7 +271,14 @@ impl<S: ObjectStore> FileWriter<S> {
             .and_then(|base| Some((base.key.as_str(), base.etag.as_deref()?)));
         if let Some((source, etag)) = whole_pinned_base {
             // A copy of a whole object (copy_file_range), or an object changed back to what
-            // it was: one CopyObject, pinned to the version it started from.
+            // it was: one CopyObject, pinned to the version it started from. CopyObject
+            // carries no condition on its destination: what the destination must hold is
+            // checked just before (a file made with O_EXCL: nothing there yet).
+            if let Some(expect) = self.stream_expect().filter(|_| source != self.key) {
+                crate::store::check_expected(self.store.as_ref(), &self.key, &expect)
+                    .await
+                    .map_err(base_error)?;
+            }
             return self
                 .store
                 .copy_if_match(source, &self.key, &self.opts, true, etag)
