@@ -130,6 +130,8 @@ pub struct DirListing {
     dir_mtime: SystemTime,
     /// Entries created in this mount and not yet in S3: shown at the end unless listed.
     local: Vec<DirEntry>,
+    /// `local` as given, for a listing started over (rewind after `evict`).
+    local_given: Vec<DirEntry>,
     /// Pages listed ahead of readdir, from `token` on.
     pager: Option<Pager>,
 }
@@ -210,25 +212,27 @@ impl DirListing {
             defaults,
             dir_mtime,
             local: Vec::new(),
+            local_given: Vec::new(),
             pager: None,
         }
     }
 
     pub fn set_local(&mut self, local: Vec<DirEntry>) {
+        self.local_given = local.clone();
         self.local = local;
     }
 
     /// Starts over (rewinddir): the next entries come from a fresh listing. The entries made
     /// in this mount are kept (they are added once the listing ends).
     pub fn restart(&mut self) {
-        let local = std::mem::take(&mut self.local);
+        let local = std::mem::take(&mut self.local_given);
         *self = Self::new(
             self.prefix.clone(),
             self.defaults,
             self.dir_mtime,
             self.memory.clone(),
         );
-        self.local = local;
+        self.set_local(local);
     }
 
     /// Frees this listing's memory: its entries and pages listed ahead go, and a later read
@@ -643,5 +647,29 @@ mod tests {
             at += n;
         }
         assert_eq!(listing.complete_names().map(|n| n.len()), Some(50));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_listing_listed_again_keeps_the_entries_of_this_mount() {
+        let store = Arc::new(MemoryStore::with_page_size(100));
+        for i in 0..300 {
+            store.insert(&format!("d/{i:04}"), "");
+        }
+        let mut listing = DirListing::new(
+            "d/".into(),
+            AttrDefaults::default(),
+            SystemTime::UNIX_EPOCH,
+            ListingMemory::new(usize::MAX),
+        );
+        let local = DirEntry {
+            name: "zz-being-written".into(),
+            attrs: Attributes::directory(SystemTime::UNIX_EPOCH, &AttrDefaults::default()),
+        };
+        listing.set_local(vec![local]);
+        let all = listing.entries_from(&store, 0, 1000).await.unwrap().len();
+        assert_eq!(all, 301, "the listing and the entry of this mount");
+        listing.evict();
+        let last = names(listing.entries_from(&store, 300, 10).await.unwrap());
+        assert_eq!(last, vec!["zz-being-written".to_string()]);
     }
 }

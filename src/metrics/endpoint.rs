@@ -37,22 +37,32 @@ pub fn serve(addr: SocketAddr, sample: Sample) -> std::io::Result<SocketAddr> {
                     tracing::debug!("metrics: too many connections, one refused");
                     continue; // dropped: closed
                 }
-                let (serving, sample) = (serving.clone(), sample.clone());
+                // The slot is given back when the connection's thread ends, or with the
+                // closure if no thread could be made.
+                let (slot, sample) = (Slot(serving.clone()), sample.clone());
                 let spawned = std::thread::Builder::new()
                     .name("bucketfs-metrics-conn".into())
                     .spawn(move || {
+                        let _slot = slot;
                         if let Err(e) = answer(stream, sample.as_ref()) {
                             tracing::debug!("metrics request failed: {e}");
                         }
-                        serving.fetch_sub(1, Ordering::SeqCst);
                     });
                 if spawned.is_err() {
-                    // The closure (and its count) was dropped with the error: not counted.
                     tracing::debug!("metrics: no thread for a connection");
                 }
             }
         })?;
     Ok(bound)
+}
+
+/// One of the `MAX_CONNECTIONS` connections being served; given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Reads the request head (up to the blank line) within the deadline and the size cap;
