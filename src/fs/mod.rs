@@ -152,6 +152,14 @@ impl FsConfig {
         (self.max_memory / 4).clamp(16 << 20, 32 << 20) as usize
     }
 
+    /// Most bytes of read and write data all FUSE requests being served hold together (each
+    /// at most 1 MiB): an eighth of `--max-memory`, from 16 to 32 MiB (part of the README's
+    /// 80 MiB beyond `--max-memory`). Past it the FUSE thread waits for requests in flight to
+    /// finish before it takes more, so the kernel holds the rest.
+    pub fn request_bytes(&self) -> usize {
+        (self.max_memory / 8).clamp(16 << 20, 32 << 20) as usize
+    }
+
     /// Most bytes the listings of open directory handles hold together before idle ones are
     /// dropped (to be listed again if read on): an eighth of `--max-memory`, from 4 to 16 MiB
     /// (part of the README's 80 MiB beyond `--max-memory`).

@@ -77,6 +77,16 @@ pub struct PatchFile {
     reserved: u64,
 }
 
+/// The error a failed write of a scratch file (changed bytes, a part staged on disk) answers.
+pub(crate) fn scratch_write_error(e: std::io::Error) -> FsError {
+    warn!("writing a scratch file failed: {e}");
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
+        Some(libc::EFBIG) => FsError::FileTooLarge,
+        _ => FsError::Io(e.to_string()),
+    }
+}
+
 impl PatchFile {
     /// A patch of `base` (None: a file with no object yet, starting empty).
     pub fn new(disk: Arc<DiskCache>, base: Option<Base>) -> FsResult<Self> {
@@ -166,12 +176,7 @@ impl PatchFile {
         }
         if let Err(e) = self.file.write_all_at(data, offset) {
             self.disk.release(new_bytes);
-            warn!("writing the scratch file failed: {e}");
-            return Err(match e.raw_os_error() {
-                Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
-                Some(libc::EFBIG) => FsError::FileTooLarge,
-                _ => FsError::Io(e.to_string()),
-            });
+            return Err(scratch_write_error(e));
         }
         self.reserved += new_bytes;
         self.mark_dirty(offset..end);

@@ -30,7 +30,7 @@ mod buffer;
 mod patching;
 mod stream;
 
-use buffer::PartBuffer;
+use buffer::{PartBody, PartBuffer};
 use stream::hold_budget;
 /// Part uploads of one file running at once.
 const MAX_PARTS_IN_FLIGHT: usize = 16;
@@ -41,7 +41,11 @@ const SMALL_START: usize = 1 << 20;
 
 /// How long a writer waits for a part's budget before filling that part over budget (see
 /// `hold_part_budget`).
-const BUDGET_WAIT: Duration = Duration::from_secs(5);
+const BUDGET_WAIT: Duration = if cfg!(test) {
+    Duration::from_millis(200) // the unit tests wait on it many times
+} else {
+    Duration::from_secs(5)
+};
 
 struct Upload {
     /// The key the upload was started for. A multipart upload cannot change its key, so a
@@ -325,17 +329,24 @@ mod tests {
     use crate::store::StoreError;
     use std::time::Duration;
 
+    fn memory(body: PartBody) -> Bytes {
+        match body {
+            PartBody::Memory(bytes) => bytes,
+            PartBody::Staged(_) => panic!("a part in memory was staged"),
+        }
+    }
+
     #[test]
     fn a_part_buffer_moves_into_a_pooled_part_keeping_its_bytes() {
         let pool = BufferPool::new(64 << 20);
         let mut buffer = PartBuffer::default();
         buffer.reserve_small(4096);
-        buffer.extend_from_slice(b"head");
+        buffer.extend_from_slice(b"head").unwrap();
         buffer.reserve_part(8 << 20, Some(&pool));
         assert!(matches!(buffer, PartBuffer::Pooled(_)));
         assert!(buffer.capacity() >= 8 << 20);
-        buffer.extend_from_slice(b"-tail");
-        let part = buffer.freeze();
+        buffer.extend_from_slice(b"-tail").unwrap();
+        let part = memory(buffer.into_body());
         assert_eq!(&part[..], b"head-tail");
         drop(part);
         assert!(
@@ -344,11 +355,42 @@ mod tests {
         );
         // Without a pool the part is an ordinary allocation.
         let mut plain = PartBuffer::default();
-        plain.extend_from_slice(b"x");
+        plain.extend_from_slice(b"x").unwrap();
         plain.reserve_part(1 << 20, None);
         assert!(matches!(plain, PartBuffer::Small(_)));
         assert!(plain.capacity() >= 1 << 20);
-        assert_eq!(&plain.freeze()[..], b"x");
+        assert_eq!(&memory(plain.into_body())[..], b"x");
+    }
+
+    #[test]
+    fn a_part_staged_on_disk_keeps_its_bytes_and_gives_its_room_back() {
+        let disk = DiskCache::new(crate::fs::disk_cache::DiskCacheConfig {
+            dir: std::env::temp_dir(),
+            max_bytes: 10 << 20,
+            chunk_size: 1 << 20,
+            concurrency: 1,
+        });
+        let mut buffer = PartBuffer::default();
+        buffer.extend_from_slice(b"head").unwrap();
+        buffer.stage(disk.clone(), 8 << 20).unwrap();
+        assert!(buffer.is_staged());
+        assert_eq!(disk.reserved_bytes(), 8 << 20, "the whole part is reserved");
+        buffer.extend_from_slice(b"-tail").unwrap();
+        buffer.overwrite(0, b"H").unwrap();
+        assert_eq!(&buffer.contents().unwrap()[..], b"Head-tail");
+        buffer.truncate(6).unwrap();
+        assert_eq!(buffer.len(), 6);
+        assert_eq!(&buffer.contents().unwrap()[..], b"Head-t");
+        // A second part does not fit in what is left of the cache: refused, nothing changed.
+        let mut other = PartBuffer::default();
+        other.extend_from_slice(b"x").unwrap();
+        assert_eq!(other.stage(disk.clone(), 8 << 20), Err(FsError::NoSpace));
+        assert_eq!(&other.contents().unwrap()[..], b"x");
+        let body = buffer.into_body();
+        assert!(matches!(body, PartBody::Staged(_)));
+        assert_eq!(body.len(), 6);
+        drop(body);
+        assert_eq!(disk.reserved_bytes(), 0, "its room is given back once sent");
     }
 
     fn writer(

@@ -79,18 +79,27 @@ impl<S: ObjectStore> FuseAdapter<S> {
             reply.data(&data);
             return;
         }
+        let held = self.hold_request_bytes(size as usize);
         self.spawn(
             reply,
             move |fs| async move { fs.read(fh.0, offset, size).await },
-            |reply, data| reply.data(&data),
+            move |reply, data| {
+                reply.data(&data);
+                drop(held);
+            },
         );
     }
 
     pub(super) fn write_data(&self, fh: FileHandle, offset: u64, data: &[u8], reply: ReplyWrite) {
+        let held = self.hold_request_bytes(data.len());
         let data = data.to_vec();
         self.spawn(
             reply,
-            move |fs| async move { fs.write(fh.0, offset, &data).await },
+            move |fs| async move {
+                let written = fs.write(fh.0, offset, &data).await;
+                drop(held);
+                written
+            },
             |reply, n| reply.written(n),
         );
     }

@@ -283,6 +283,20 @@ impl ObjectStore for BucketsStore {
         store.upload_part(&key, upload_id, number, body).await
     }
 
+    async fn upload_part_from_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        file: &std::fs::File,
+        len: u64,
+    ) -> StoreResult<UploadedPart> {
+        let (store, key) = self.object(key)?;
+        store
+            .upload_part_from_file(&key, upload_id, number, file, len)
+            .await
+    }
+
     async fn upload_part_copy(
         &self,
         key: &str,

@@ -63,6 +63,8 @@ pub struct FaultyStore<S> {
     bytes_sent: std::sync::atomic::AtomicU64,
     /// Part uploads started and not yet finished (or dropped).
     parts_in_flight: AtomicUsize,
+    /// Parts uploaded from a file (staged on disk) rather than from memory.
+    staged_parts: AtomicUsize,
 }
 
 /// Counts a part upload as in flight until dropped (finished or cancelled).
@@ -82,6 +84,7 @@ impl<S: ObjectStore> FaultyStore<S> {
             chaos: Mutex::new(None),
             injected: AtomicUsize::new(0),
             parts_in_flight: AtomicUsize::new(0),
+            staged_parts: AtomicUsize::new(0),
             calls: Default::default(),
             bytes_sent: Default::default(),
         }
@@ -122,14 +125,19 @@ impl<S: ObjectStore> FaultyStore<S> {
         self.injected.load(Ordering::SeqCst)
     }
 
-    /// How many calls of `op` reached this store (failed ones included).
     /// Body bytes sent by PutObject and UploadPart so far.
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent.load(Ordering::SeqCst)
     }
 
+    /// How many calls of `op` reached this store (failed ones included).
     pub fn calls(&self, op: Op) -> usize {
         self.calls[op as usize].load(Ordering::SeqCst)
+    }
+
+    /// Parts uploaded from a file staged on local disk so far.
+    pub fn staged_parts(&self) -> usize {
+        self.staged_parts.load(Ordering::SeqCst)
     }
 
     /// Part uploads running now: none may run on after their upload was aborted.
@@ -266,6 +274,24 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.bytes_sent
             .fetch_add(body.len() as u64, Ordering::SeqCst);
         self.inner.upload_part(key, upload_id, number, body).await
+    }
+
+    async fn upload_part_from_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        file: &std::fs::File,
+        len: u64,
+    ) -> StoreResult<UploadedPart> {
+        self.parts_in_flight.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight(&self.parts_in_flight);
+        self.check(Op::UploadPart).await?;
+        self.bytes_sent.fetch_add(len, Ordering::SeqCst);
+        self.staged_parts.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .upload_part_from_file(key, upload_id, number, file, len)
+            .await
     }
 
     async fn upload_part_copy(

@@ -193,6 +193,25 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
     ) -> StoreResult<UploadedPart>;
 
+    /// Uploads part `number` from the first `len` bytes of `file` (a part staged on local
+    /// disk). Stores that can send a body from a file override this so the part is never held
+    /// in memory whole; this default reads it first.
+    async fn upload_part_from_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        file: &std::fs::File,
+        len: u64,
+    ) -> StoreResult<UploadedPart> {
+        use std::os::unix::fs::FileExt;
+        let mut body = vec![0; len as usize];
+        file.read_exact_at(&mut body, 0)
+            .map_err(|e| StoreError::Other(format!("reading a part staged on disk: {e}")))?;
+        self.upload_part(key, upload_id, number, Bytes::from(body))
+            .await
+    }
+
     /// Copies bytes `range` of `source` into part `number` of an upload (UploadPartCopy). With
     /// `if_match` (`x-amz-copy-source-if-match`), fails with `PreconditionFailed` when the
     /// source's ETag is no longer that one.

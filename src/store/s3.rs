@@ -313,6 +313,42 @@ impl ObjectStore for S3Store {
         })
     }
 
+    /// The body is read from the file as it is sent (through `/proc/self/fd`, which reopens
+    /// even an unnamed file), so retries can send it again and no part is held in memory.
+    async fn upload_part_from_file(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        file: &std::fs::File,
+        len: u64,
+    ) -> StoreResult<UploadedPart> {
+        use std::os::fd::AsRawFd;
+        let body = ByteStream::read_from()
+            .path(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .length(aws_sdk_s3::primitives::Length::Exact(len))
+            .build()
+            .await
+            .map_err(|e| StoreError::Other(format!("reading a part staged on disk: {e}")))?;
+        let _permit = self.connection().await;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(e, key))?;
+        Ok(UploadedPart {
+            number,
+            etag: out.e_tag().map(str::to_string),
+        })
+    }
+
     async fn upload_part_copy(
         &self,
         key: &str,

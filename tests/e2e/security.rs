@@ -195,6 +195,84 @@ fn many_open_handles_of_a_large_directory_stay_within_the_memory_bound() {
 }
 
 #[test]
+fn many_files_written_at_once_by_another_user_stay_within_the_memory_bound() {
+    let bucket = TestBucket::new();
+    // 24 MiB of write budget (four 5 MiB parts) and a 16 MiB overdraft at --max-memory 64.
+    let mount = Mount::new(
+        &bucket.name,
+        &[
+            "--allow-other",
+            "--max-memory",
+            "64",
+            "--write-part-size",
+            "5M",
+        ],
+    );
+    let dir = mount.join("w");
+    sh_ok(&format!("mkdir -m 777 {}", shell_quote(&dir)));
+    // 40 threads each fill a part of their own file and hold it until all have: past the
+    // budget and the overdraft, every part was held in memory (over 200 MiB); now they are
+    // staged on local disk.
+    const FILES: usize = 40;
+    let script = format!(
+        "import os, threading\n\
+         n = {FILES}\n\
+         barrier = threading.Barrier(n)\n\
+         errors = []\n\
+         def body(i):\n\
+         \x20   return (('file %02d ' % i) * 200000).encode()[:1 << 20]\n\
+         def work(i):\n\
+         \x20   try:\n\
+         \x20       fd = os.open('{dir}/f%02d' % i, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+         \x20       chunk = body(i)\n\
+         \x20       for _ in range(6):\n\
+         \x20           view = memoryview(chunk)\n\
+         \x20           while view:\n\
+         \x20               view = view[os.write(fd, view):]\n\
+         \x20       barrier.wait()\n\
+         \x20       os.close(fd)\n\
+         \x20   except Exception as e:\n\
+         \x20       errors.append('%d: %r' % (i, e))\n\
+         \x20       barrier.abort()\n\
+         threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]\n\
+         [t.start() for t in threads]\n\
+         [t.join() for t in threads]\n\
+         print(errors)\n",
+        dir = dir.display()
+    );
+    let out = as_user(
+        1001,
+        &format!("python3 -c {}", shell_quote(std::path::Path::new(&script))),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let peak = peak_rss_mib(mount.pid());
+    eprintln!("peak RSS with {FILES} files of 6 MiB written at once: {peak} MiB");
+    for i in 0..FILES {
+        let chunk: Vec<u8> = format!("file {i:02} ")
+            .repeat(200_000)
+            .into_bytes()
+            .into_iter()
+            .take(1 << 20)
+            .collect();
+        let stored = bucket.get(&format!("w/f{i:02}"));
+        assert_eq!(stored.len(), 6 << 20, "w/f{i:02}");
+        assert!(
+            stored.chunks(1 << 20).all(|c| c == chunk),
+            "w/f{i:02} differs"
+        );
+    }
+    assert!(
+        peak <= BOUND_AT_64_MIB,
+        "peak RSS {peak} MiB over the bound of {BOUND_AT_64_MIB} MiB"
+    );
+}
+
+#[test]
 fn the_metrics_endpoint_cannot_be_made_to_hold_memory() {
     use std::io::Write;
     let bucket = TestBucket::new();

@@ -40,3 +40,127 @@ async fn many_files_being_written_at_once_hold_a_bounded_overdraft() {
         "every file closed: all of it is back"
     );
 }
+
+/// Writes `files` in turn, `chunk` bytes at a time, as one program filling several files at
+/// once does (tee, split -n r/N), until each holds `upto` bytes; `written` says how far each
+/// got (a short write counts what it took). Stops at the first error.
+async fn write_in_turn(
+    fs: &TestFs,
+    files: &[(u64, Vec<u8>)],
+    written: &mut [usize],
+    upto: usize,
+    chunk: usize,
+) -> FsResult<()> {
+    loop {
+        let mut progressed = false;
+        for (i, (fh, data)) in files.iter().enumerate() {
+            if written[i] >= upto {
+                continue;
+            }
+            let end = (written[i] + chunk).min(upto);
+            let n = fs
+                .write(*fh, written[i] as u64, &data[written[i]..end])
+                .await?;
+            assert!(n > 0);
+            written[i] += n as usize;
+            progressed = true;
+        }
+        if !progressed {
+            return Ok(());
+        }
+    }
+}
+
+async fn create_files(fs: &TestFs, n: usize, size: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut files = Vec::new();
+    for i in 0..n {
+        let (_, fh) = fs
+            .create(ROOT_INO, OsStr::new(&format!("out{i:02}")), 0o644, ROOT)
+            .await
+            .unwrap();
+        files.push((fh, super::pattern(size, i as u8)));
+    }
+    files
+}
+
+// A part filled over budget once came from the overdraft, and past it went on in memory all
+// the same: a user writing to many files in turn grew the daemon by a part a file. Now such
+// parts are staged on local disk and uploaded from there; every file is still stored whole,
+// and memory, overdraft and disk are all given back at close.
+#[tokio::test]
+async fn parts_past_the_budget_and_the_overdraft_are_staged_on_local_disk() {
+    let config = FsConfig {
+        max_memory: 64 << 20, // 24 MiB budget (4 parts of 5 MiB), 16 MiB overdraft
+        ..super::posix::with_disk()
+    };
+    let overdraft = config.write_overdraft();
+    let (store, fs) = fs_with(&[], config);
+    let files = create_files(&fs, 10, 6 << 20).await;
+    let mut written = vec![0; files.len()];
+    write_in_turn(&fs, &files, &mut written, 5 << 20, 128 << 10)
+        .await
+        .unwrap();
+    let disk = fs.read_ctx.disk.clone().unwrap();
+    assert!(
+        disk.reserved_bytes() >= 5 << 20,
+        "ten parts being filled, four in the budget, two or three in the overdraft: \
+         the rest are on disk (reserved: {})",
+        disk.reserved_bytes()
+    );
+    write_in_turn(&fs, &files, &mut written, 6 << 20, 128 << 10)
+        .await
+        .unwrap();
+    assert!(store.staged_parts() > 0, "parts went up from local disk");
+    for (i, (fh, data)) in files.into_iter().enumerate() {
+        fs.commit(fh).await.unwrap();
+        fs.release(fh).await;
+        assert_eq!(store.inner().get(&format!("out{i:02}")).unwrap(), data);
+    }
+    assert_eq!(fs.write_overdraft.available_permits(), overdraft);
+    assert_eq!(
+        disk.reserved_bytes(),
+        0,
+        "every staged part gave its room back"
+    );
+}
+
+// Without local disk (--max-cache-size 0) there is nowhere else to put a part: once the
+// budget and the overdraft are used up, a write that needs a new part is refused with
+// ENOSPC and changes nothing; once other files are closed the same write goes through, and
+// every file is stored whole.
+#[tokio::test]
+async fn without_local_disk_a_write_past_every_bound_gets_enospc_and_loses_nothing() {
+    let config = FsConfig {
+        max_memory: 64 << 20,
+        disk_cache: None,
+        ..super::posix::with_disk()
+    };
+    let (store, fs) = fs_with(&[], config);
+    let files = create_files(&fs, 10, 6 << 20).await;
+    let mut written = vec![0; files.len()];
+    let refused = write_in_turn(&fs, &files, &mut written, 6 << 20, 128 << 10).await;
+    assert_eq!(refused, Err(FsError::NoSpace));
+    let behind = written
+        .iter()
+        .position(|&w| w < written[0])
+        .expect("a file fell behind where its write was refused");
+    // The files ahead of it are written to the end and closed: their memory comes back. The
+    // refused write, sent again, then goes through, and so does the rest.
+    for (i, (fh, data)) in files.iter().enumerate() {
+        let mut done = [written[i]];
+        write_in_turn(
+            &fs,
+            &[(*fh, data.clone())],
+            &mut done,
+            data.len(),
+            128 << 10,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("file {i} (refused: {behind}): {e}"));
+        fs.commit(*fh).await.unwrap();
+        fs.release(*fh).await;
+    }
+    for (i, (_, data)) in files.iter().enumerate() {
+        assert_eq!(&store.inner().get(&format!("out{i:02}")).unwrap(), data);
+    }
+}

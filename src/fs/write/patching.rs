@@ -47,7 +47,7 @@ impl<S: ObjectStore> FileWriter<S> {
                     return Err(FsError::NotSupported);
                 }
                 let mut patch = PatchFile::new(disk, None)?;
-                patch.write(0, self.buffer.as_slice())?;
+                patch.write(0, &self.buffer.contents()?)?;
                 self.buffer = PartBuffer::default();
                 self.small_permit = None;
                 self.buffer_permit = None;
@@ -93,7 +93,7 @@ impl<S: ObjectStore> FileWriter<S> {
             }
         } else {
             let fresh = offset == 0 && self.size == 0 && self.upload.is_none();
-            if !fresh || !self.buffer.as_slice().is_empty() {
+            if !fresh || self.buffer.len() > 0 {
                 return Err(FsError::NotSupported);
             }
             let Some(disk) = self.disk.clone() else {
@@ -141,7 +141,7 @@ impl<S: ObjectStore> FileWriter<S> {
                 }
                 let sent = self.size - self.buffer.len() as u64;
                 if size >= sent {
-                    self.buffer.truncate((size - sent) as usize);
+                    self.buffer.truncate((size - sent) as usize)?;
                     self.size = size;
                     return Ok(());
                 }

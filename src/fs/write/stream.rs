@@ -63,9 +63,11 @@ impl<S: ObjectStore> FileWriter<S> {
                 self.spilled_start = false; // written out of order: stays on disk
             }
         }
-        let spills = self.patch.is_none()
-            && !self.needs_patch(offset)
-            && self.small_start_spills(data.len());
+        let spills = if self.patch.is_none() && !self.needs_patch(offset) {
+            self.small_start_spills(data.len()).await?
+        } else {
+            false
+        };
         if self.patch.is_some() || self.needs_patch(offset) || spills {
             self.ensure_patch()?;
             self.small_permit = None;
@@ -87,8 +89,7 @@ impl<S: ObjectStore> FileWriter<S> {
             // No small start any more: the buffer is a whole part, under the budget.
             self.small_permit = None;
         }
-        appended?;
-        Ok(data.len() as u32)
+        Ok(appended? as u32)
     }
 
     /// A start that went to disk for want of overdraft grows past the small start: its bytes
@@ -102,47 +103,62 @@ impl<S: ObjectStore> FileWriter<S> {
         self.buffer = PartBuffer::default();
         self.small_permit = None;
         let part_size = part_size_for(self.base_part_size, 1) as usize;
-        self.hold_part_budget(part_size).await;
+        self.hold_part_budget(part_size).await?;
         if let Some(e) = self.parked_error.take() {
             return Err(self.fail(e).await);
         }
         self.buffer.reserve_part(part_size, self.store.buffers());
-        self.buffer.extend_from_slice(&bytes);
+        if let Err(e) = self.buffer.extend_from_slice(&bytes) {
+            return Err(self.fail(e).await);
+        }
         self.size = size;
         Ok(())
     }
 
     /// True when `len` more bytes would grow the small start of this file past what the
     /// overdraft can give, and the file can go to local disk instead; otherwise the growth is
-    /// taken from the overdraft (or the file has no overdraft to keep to).
-    fn small_start_spills(&mut self, len: usize) -> bool {
+    /// taken from the overdraft (or the file has no overdraft to keep to). Without local disk
+    /// the growth waits for the overdraft up to `BUDGET_WAIT`, then the write is refused with
+    /// ENOSPC (nothing changes), so memory stays bounded however many files are written.
+    async fn small_start_spills(&mut self, len: usize) -> FsResult<bool> {
         let needed = self.buffer.len() + len;
         let Some(overdraft) = self.overdraft.clone() else {
-            return false;
+            return Ok(false);
         };
         if self.upload.is_some() || needed > SMALL_START || needed <= self.buffer.capacity() {
-            return false;
+            return Ok(false);
         }
         let held = self.small_permit.as_ref().map_or(0, |p| p.num_permits());
         let more = needed.next_power_of_two().saturating_sub(held);
         if more == 0 {
-            return false;
+            return Ok(false);
         }
-        match overdraft.try_acquire_many_owned(more.min(u32::MAX as usize) as u32) {
-            Ok(permit) => {
-                match &mut self.small_permit {
-                    Some(held) => held.merge(permit),
-                    None => self.small_permit = Some(permit),
-                }
-                false
-            }
+        let more = more.min(u32::MAX as usize) as u32;
+        let permit = match overdraft.clone().try_acquire_many_owned(more) {
+            Ok(permit) => permit,
             Err(_) if self.disk.is_some() && self.state != State::Orphaned => {
                 debug!(key = %self.key, "memory outside the budget used up: this file goes to local disk");
-                true
+                return Ok(true);
             }
-            // No local disk: the start stays in memory (README: Bounds).
-            Err(_) => false,
+            Err(_) => {
+                match tokio::time::timeout(BUDGET_WAIT, overdraft.acquire_many_owned(more)).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        warn!(
+                            key = %self.key,
+                            "memory for files being written (--max-memory) is used up and there is \
+                             no local disk to hold more (--max-cache-size 0): ENOSPC"
+                        );
+                        return Err(FsError::NoSpace);
+                    }
+                }
+            }
+        };
+        match &mut self.small_permit {
+            Some(held) => held.merge(permit),
+            None => self.small_permit = Some(permit),
         }
+        Ok(false)
     }
 
     /// A write to a file streaming into a multipart upload: bytes still in the part being
@@ -167,10 +183,10 @@ impl<S: ObjectStore> FileWriter<S> {
         if overlap > 0 {
             let sent = self.size - self.buffer.len() as u64;
             self.buffer
-                .overwrite((offset - sent) as usize, &data[..overlap]);
+                .overwrite((offset - sent) as usize, &data[..overlap])?;
         }
-        self.append(&data[overlap..]).await?;
-        Ok(data.len() as u32)
+        let appended = self.append(&data[overlap..]).await?;
+        Ok((overlap + appended) as u32)
     }
 
     /// Streams zeros up to `end` (a hole past the end of a streamed file).
@@ -183,8 +199,10 @@ impl<S: ObjectStore> FileWriter<S> {
         Ok(())
     }
 
-    /// Appends to the stream: bytes fill the part being built, full parts go up.
-    pub(super) async fn append(&mut self, data: &[u8]) -> FsResult<()> {
+    /// Appends to the stream: bytes fill the part being built, full parts go up. Returns how
+    /// many bytes were taken: fewer than given only when a new part found no room in memory
+    /// or on disk (the rest is refused with ENOSPC at the next write, nothing lost).
+    pub(super) async fn append(&mut self, data: &[u8]) -> FsResult<usize> {
         let mut rest = data;
         while !rest.is_empty() {
             let number = self.upload.as_ref().map(|u| u.next_number).unwrap_or(1);
@@ -194,25 +212,31 @@ impl<S: ObjectStore> FileWriter<S> {
             let part_size = part_size_for(self.base_part_size, number) as usize;
             let take = (part_size - self.buffer.len()).min(rest.len());
             if self.needs_whole_part(take) {
-                self.hold_part_budget(part_size).await;
+                if let Err(e) = self.hold_part_budget(part_size).await {
+                    let taken = data.len() - rest.len();
+                    return if taken > 0 { Ok(taken) } else { Err(e) };
+                }
                 if let Some(e) = self.parked_error.take() {
                     return Err(self.fail(e).await);
                 }
             }
             self.grow_buffer(take, part_size);
-            self.buffer.extend_from_slice(&rest[..take]);
+            if let Err(e) = self.buffer.extend_from_slice(&rest[..take]) {
+                // A staged part that could not be written: what it held is gone with it.
+                return Err(self.fail(e).await);
+            }
             rest = &rest[take..];
             self.size += take as u64;
             if self.buffer.len() == part_size {
                 // The full part leaves with its own allocation: nothing of it stays behind.
-                let part = std::mem::take(&mut self.buffer).freeze();
+                let part = std::mem::take(&mut self.buffer).into_body();
                 let permit = self.take_permit();
                 if let Err(e) = self.send_part(part, permit).await {
                     return Err(self.fail(e).await);
                 }
             }
         }
-        Ok(())
+        Ok(data.len())
     }
 
     /// Makes room for `additional` bytes: the first part of a file grows in powers of two up
@@ -250,32 +274,62 @@ impl<S: ObjectStore> FileWriter<S> {
     /// parts' budget travels with their uploads, which finish on their own), and no request is
     /// larger than the whole budget. But other files may hold budget for parts their programs
     /// have paused filling (`tee x | gzip > y` fills two files from one pipeline), so the wait
-    /// is bounded: after `BUDGET_WAIT` this part goes on without budget. At most one such part
-    /// per file exists at a time: this file's uploads in flight are finished first.
-    pub(super) async fn hold_part_budget(&mut self, part_size: usize) {
+    /// is bounded: after `BUDGET_WAIT` this part is filled outside the budget, from the
+    /// overdraft while it lasts (this file's uploads in flight finished first, so one such
+    /// part per file), then on local disk. With neither left, `NoSpace`: the write is refused
+    /// and nothing changes (README: Bounds).
+    pub(super) async fn hold_part_budget(&mut self, part_size: usize) -> FsResult<()> {
         if self.part_budgeted {
-            return;
+            return Ok(());
         }
-        self.part_budgeted = true;
         let permits = part_size.min(self.budget_total).min(u32::MAX as usize) as u32;
         let wait = self.budget.clone().acquire_many_owned(permits);
         match tokio::time::timeout(BUDGET_WAIT, wait).await {
             Ok(Ok(permit)) => self.buffer_permit = Some(permit),
             Ok(Err(_)) => warn!(key = %self.key, "memory budget closed"),
             Err(_) => {
-                // Over budget: counted in the overdraft while it lasts. Past it the part goes on
-                // all the same (waiting could deadlock a program that fills these files in
-                // turn, as `tee` does): one part per file at most (README: Bounds).
                 let over = self
                     .overdraft
                     .as_ref()
                     .and_then(|o| o.clone().try_acquire_many_owned(permits).ok());
+                if over.is_none() {
+                    // Waiting on could deadlock a program that fills these files in turn (as
+                    // `tee` does): the part goes to local disk instead.
+                    return self.stage_part(part_size);
+                }
                 self.buffer_permit = over;
                 debug!(key = %self.key, "memory budget held by other files: one part over it");
                 // Best effort: a failed part surfaces at the next write or the commit.
                 if let Err(e) = self.drain_parts().await {
                     self.parked_error = Some(e);
                 }
+            }
+        }
+        self.part_budgeted = true;
+        Ok(())
+    }
+
+    /// Fills the part being built on local disk: memory is used up.
+    fn stage_part(&mut self, part_size: usize) -> FsResult<()> {
+        let disk = self.disk.clone().filter(|_| self.state != State::Orphaned);
+        let staged = match disk {
+            Some(disk) => self.buffer.stage(disk, part_size),
+            None => Err(FsError::NoSpace),
+        };
+        match staged {
+            Ok(()) => {
+                debug!(key = %self.key, "memory for files being written used up: this part is staged on local disk");
+                self.small_permit = None;
+                self.part_budgeted = true;
+                Ok(())
+            }
+            Err(e) => {
+                warn!(
+                    key = %self.key,
+                    "memory for files being written (--max-memory) is used up and local disk \
+                     (--max-cache-size) cannot hold another part: {e}"
+                );
+                Err(e)
             }
         }
     }
@@ -288,7 +342,7 @@ impl<S: ObjectStore> FileWriter<S> {
 
     pub(super) async fn send_part(
         &mut self,
-        body: Bytes,
+        body: PartBody,
         permit: Option<OwnedSemaphorePermit>,
     ) -> FsResult<()> {
         if self.upload.is_none() {
@@ -327,7 +381,7 @@ impl<S: ObjectStore> FileWriter<S> {
         let (store, key, id) = (self.store.clone(), upload.key.clone(), upload.id.clone());
         upload.running.push(tokio::spawn(async move {
             let _permit = permit;
-            store.upload_part(&key, &id, number, body).await
+            body.upload(store.as_ref(), &key, &id, number).await
         }));
         Ok(())
     }
@@ -341,21 +395,39 @@ impl<S: ObjectStore> FileWriter<S> {
             .or_else(|| self.exclusive.then_some(Expect::Absent))
     }
 
+    async fn put_empty(&mut self, expect: Option<&Expect>) -> FsResult<Option<String>> {
+        Ok(match expect {
+            Some(expect) => {
+                self.store
+                    .put_expecting(&self.key, Bytes::new(), &self.opts, expect)
+                    .await?
+            }
+            None => self.store.put(&self.key, Bytes::new(), &self.opts).await?,
+        })
+    }
+
     pub(super) async fn finish(&mut self) -> FsResult<Option<String>> {
-        let rest = std::mem::take(&mut self.buffer).freeze();
+        let rest = std::mem::take(&mut self.buffer).into_body();
         self.small_permit = None;
         let expect = self.stream_expect();
-        if self.upload.is_none() {
+        let rest = match rest {
             // Small and empty files: one PutObject (some servers reject an empty part).
-            return Ok(match &expect {
-                Some(expect) => {
-                    self.store
-                        .put_expecting(&self.key, rest, &self.opts, expect)
-                        .await?
-                }
-                None => self.store.put(&self.key, rest, &self.opts).await?,
-            });
-        }
+            PartBody::Memory(rest) if self.upload.is_none() => {
+                return Ok(match &expect {
+                    Some(expect) => {
+                        self.store
+                            .put_expecting(&self.key, rest, &self.opts, expect)
+                            .await?
+                    }
+                    None => self.store.put(&self.key, rest, &self.opts).await?,
+                });
+            }
+            // A single part staged on disk goes up from there, as a one-part upload.
+            PartBody::Staged(part) if part.len() == 0 && self.upload.is_none() => {
+                return self.put_empty(expect.as_ref()).await;
+            }
+            rest => rest,
+        };
         if !rest.is_empty() {
             self.send_part(rest, None).await?;
         }
