@@ -68,7 +68,13 @@ pub fn run(cli: Cli, ready: Ready) -> i32 {
             .collect();
         cli.state_dir().join("log").join(format!("{name}.log"))
     });
-    if let Err(message) = crate::private_files::check_owned(&cli.state_dir()) {
+    // Every directory bucketfs uses under the state directory must be its own (not another
+    // user's, not a symlink): checked before anything is read or written there (the upload
+    // journals' directory is checked in `serve`).
+    let state_dir = cli.state_dir();
+    if let Err(message) =
+        crate::private_files::check_owned_below(&state_dir, &state_dir.join("log"))
+    {
         ready.failure(&message);
         return 1;
     }
@@ -138,6 +144,10 @@ fn serve<S: ObjectStore>(
         &config.target.bucket,
         &config.target.prefix,
     );
+    if let Err(message) = crate::private_files::check_owned_below(&cli.state_dir(), &scope) {
+        report_failure(ready, logs_to_file, &message);
+        return 1;
+    }
     let journal = runtime.block_on(crate::uploads::recover_and_start_journal(&store, &scope));
     let journal = match journal {
         Ok((journal, aborted)) => {

@@ -53,11 +53,38 @@ pub fn check_owned(dir: &Path) -> Result<(), String> {
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
         return Err(format!(
-            "the state directory {} belongs to uid {}, not to this user (uid {me}): pass \
+            "the state directory's {} belongs to uid {}, not to this user (uid {me}): pass \
              --state-dir with a directory of your own",
             dir.display(),
             meta.uid()
         ));
+    }
+    Ok(())
+}
+
+/// Err with one sentence when `dir`, or a directory between `base` and it, exists and is a
+/// symlink or belongs to another user: in a shared state directory (mode 1777, say) another
+/// user could have made `uploads/` or `log/` to plant links or journals of their own there.
+/// Missing directories are fine (made private by us).
+pub fn check_owned_below(base: &Path, dir: &Path) -> Result<(), String> {
+    check_owned(base)?;
+    let Ok(below) = dir.strip_prefix(base) else {
+        return Ok(());
+    };
+    let mut path = base.to_path_buf();
+    for part in below.components() {
+        path.push(part);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Ok(());
+        };
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "the state directory's {} is a symlink, which bucketfs does not follow: remove \
+                 it or pass --state-dir with a directory of your own",
+                path.display()
+            ));
+        }
+        check_owned(&path)?;
     }
     Ok(())
 }
@@ -90,6 +117,27 @@ mod tests {
         );
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert!(check_owned(&dir).is_ok());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_or_another_users_directory_below_the_state_dir_is_refused() {
+        let base = std::env::temp_dir().join(format!("bucketfs-below-{}", std::process::id()));
+        let scope = base.join("uploads/scope");
+        assert!(check_owned_below(&base, &scope).is_ok(), "nothing made yet");
+        create_dir(&scope).unwrap();
+        assert!(check_owned_below(&base, &scope).is_ok(), "all ours");
+        std::os::unix::fs::chown(base.join("uploads"), Some(12345), None)
+            .expect("chown needs root: the test suite runs as root (.ci/run)");
+        let refused = check_owned_below(&base, &scope).unwrap_err();
+        assert!(
+            refused.contains("uploads belongs to uid 12345"),
+            "{refused}"
+        );
+        std::fs::remove_dir_all(base.join("uploads")).unwrap();
+        std::os::unix::fs::symlink(std::env::temp_dir(), base.join("uploads")).unwrap();
+        let refused = check_owned_below(&base, &scope).unwrap_err();
+        assert!(refused.contains("is a symlink"), "{refused}");
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -299,3 +299,155 @@ fn the_metrics_endpoint_cannot_be_made_to_hold_memory() {
     eprintln!("peak RSS after a 256 MiB request line: {peak} MiB");
     assert!(peak <= BOUND_AT_64_MIB, "peak RSS {peak} MiB");
 }
+
+/// Runs bucketfs in the foreground on `bucket` with `--state-dir state`, expecting it to
+/// refuse (exit before mounting). One that mounts instead is ended and unmounted, and the
+/// test fails.
+fn refused_mount(bucket: &str, state: &std::path::Path) -> std::process::Output {
+    let mnt = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bucketfs_bin())
+        .arg(bucket)
+        .arg(mnt.path())
+        .arg("-f")
+        .arg("--state-dir")
+        .arg(state)
+        .envs(env_for(&server().endpoint))
+        .env("AWS_ACCESS_KEY_ID", access_key())
+        .env("AWS_SECRET_ACCESS_KEY", secret_key())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bucketfs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            unmount(mnt.path());
+            panic!("bucketfs mounted with a state directory it should have refused");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn another_users_directories_in_a_shared_state_dir_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let bucket = TestBucket::new();
+    // A state directory shared the way /tmp is (root's, mode 1777).
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let state = shell_quote(shared.path());
+    // Another user makes the upload journals' directory first: they could plant journals
+    // (uploads to abort) or links (files to truncate) in it.
+    let made = as_user(1001, &format!("mkdir {state}/uploads"));
+    assert!(made.status.success(), "{made:?}");
+    let out = refused_mount(&bucket.name, shared.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("belongs to uid 1001"), "{err}");
+    assert!(err.contains("--state-dir"), "{err}");
+    // The log directory made a link to a directory of theirs.
+    sh_ok(&format!("rm -r {state}/uploads"));
+    let victim = tempfile::tempdir().unwrap();
+    let made = as_user(
+        1001,
+        &format!("ln -s {} {state}/log", shell_quote(victim.path())),
+    );
+    assert!(made.status.success(), "{made:?}");
+    let out = refused_mount(&bucket.name, shared.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is a symlink"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(victim.path()).unwrap().count(),
+        0,
+        "nothing was written through the link"
+    );
+}
+
+/// A tmpfs of its own (so its usage is this test's alone), unmounted when dropped.
+struct OwnTmpfs(tempfile::TempDir);
+
+impl OwnTmpfs {
+    fn new(size_mib: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        sh_ok(&format!(
+            "mount -t tmpfs -o size={size_mib}m,mode=0755 tmpfs {}",
+            shell_quote(dir.path())
+        ));
+        Self(dir)
+    }
+}
+
+impl Drop for OwnTmpfs {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount -l {}", shell_quote(self.0.path())));
+    }
+}
+
+#[test]
+fn another_user_cannot_fill_the_disk_past_the_cache_bound() {
+    let bucket = TestBucket::new();
+    let cache = OwnTmpfs::new(128);
+    let cache_dir = cache.0.path().display().to_string();
+    let mount = Mount::new(
+        &bucket.name,
+        &[
+            "--allow-other",
+            "--cache-dir",
+            &cache_dir,
+            "--max-cache-size",
+            "32",
+        ],
+    );
+    let dir = mount.join("w");
+    sh_ok(&format!("mkdir -m 777 {}", shell_quote(&dir)));
+    // O_RDWR: every byte written goes to local disk until close. 64 MiB are tried; the
+    // usage of the cache's filesystem is taken while the file is still open.
+    let script = format!(
+        "import os\n\
+         fd = os.open('{dir}/big', os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+         chunk = b'x' * (1 << 20)\n\
+         written, err = 0, None\n\
+         try:\n\
+         \x20   for _ in range(64):\n\
+         \x20       written += os.write(fd, chunk)\n\
+         except OSError as e:\n\
+         \x20   err = e.errno\n\
+         st = os.statvfs('{cache_dir}')\n\
+         print(written, err, (st.f_blocks - st.f_bfree) * st.f_frsize)\n\
+         os.close(fd)\n",
+        dir = dir.display()
+    );
+    let out = as_user(
+        1001,
+        &format!("python3 -c {}", shell_quote(std::path::Path::new(&script))),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{stdout}");
+    let written: u64 = fields[0].parse().unwrap();
+    let used: u64 = fields[2].parse().unwrap();
+    eprintln!("written before ENOSPC: {written} bytes; cache filesystem used: {used} bytes");
+    assert_eq!(fields[1], libc::ENOSPC.to_string(), "{stdout}");
+    assert!(
+        written <= 32 << 20,
+        "{written} bytes written past a 32 MiB bound"
+    );
+    assert!(
+        used <= 33 << 20,
+        "the cache's filesystem holds {used} bytes"
+    );
+    assert_eq!(
+        bucket.get("w/big").len() as u64,
+        written,
+        "every byte the writes took is stored at close"
+    );
+}
