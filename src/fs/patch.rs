@@ -106,6 +106,30 @@ impl PatchFile {
         })
     }
 
+    /// A patch of a new file whose first `len` bytes are already in `file` (a part staged on
+    /// local disk), which holds `reserved` bytes of the disk cache: both are taken over as they
+    /// are, nothing is copied, and what the bytes do not need is given back.
+    pub fn from_written(disk: Arc<DiskCache>, file: File, len: u64, reserved: u64) -> Self {
+        let mut patch = Self {
+            file,
+            disk,
+            base: None,
+            valid_base: 0,
+            size: len,
+            dirty: BTreeMap::new(),
+            reserved,
+        };
+        if len > 0 {
+            patch.mark_dirty(0..len);
+        }
+        let footprint = patch.footprint();
+        if footprint < patch.reserved {
+            patch.disk.release(patch.reserved - footprint);
+            patch.reserved = footprint;
+        }
+        patch
+    }
+
     /// A file whose content so far is the first `len` bytes of `source` (copy_file_range):
     /// nothing is read or written here; the commit copies them server-side.
     pub fn clone_of(disk: Arc<DiskCache>, source: Base, len: u64) -> FsResult<Self> {

@@ -1198,3 +1198,4 @@ mod review_fresh;
 mod review_keys;
 mod review_orphan;
 mod review_overdraft;
+mod review_staged;

@@ -42,7 +42,7 @@ const SMALL_START: usize = 1 << 20;
 /// How long a writer waits for a part's budget before filling that part over budget (see
 /// `hold_part_budget`).
 const BUDGET_WAIT: Duration = if cfg!(test) {
-    Duration::from_millis(200) // the unit tests wait on it many times
+    Duration::from_millis(50) // the unit tests wait on it many times
 } else {
     Duration::from_secs(5)
 };

@@ -327,6 +327,7 @@ impl ObjectStore for S3Store {
         let body = ByteStream::read_from()
             .path(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .length(aws_sdk_s3::primitives::Length::Exact(len))
+            .buffer_size(256 << 10) // the default 4 KiB reads would cost a syscall per page
             .build()
             .await
             .map_err(|e| StoreError::Other(format!("reading a part staged on disk: {e}")))?;

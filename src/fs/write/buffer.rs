@@ -81,6 +81,19 @@ impl StagedPart {
     }
 }
 
+impl StagedPart {
+    /// Its file, length and the disk room it holds, for a patch to take over (see
+    /// `PatchFile::from_written`): the room is no longer given back here.
+    pub fn into_file(mut self) -> FsResult<(File, u64, u64, Arc<DiskCache>)> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| FsError::Io(format!("a part staged on disk: {e}")))?;
+        let reserved = std::mem::take(&mut self.capacity) as u64; // dropped with nothing held
+        Ok((file, self.len as u64, reserved, self.disk.clone()))
+    }
+}
+
 impl Drop for StagedPart {
     fn drop(&mut self) {
         self.disk.release(self.capacity as u64);

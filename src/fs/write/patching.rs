@@ -46,9 +46,27 @@ impl<S: ObjectStore> FileWriter<S> {
                     );
                     return Err(FsError::NotSupported);
                 }
-                let mut patch = PatchFile::new(disk, None)?;
-                patch.write(0, &self.buffer.contents()?)?;
-                self.buffer = PartBuffer::default();
+                let patch = match std::mem::take(&mut self.buffer) {
+                    // A part staged on disk becomes the patch as it is: nothing copied, and
+                    // no room asked for twice.
+                    PartBuffer::Staged(part) => {
+                        let (file, len, reserved, disk) = part.into_file()?;
+                        PatchFile::from_written(disk, file, len, reserved)
+                    }
+                    buffer => {
+                        let made = PatchFile::new(disk, None).and_then(|mut patch| {
+                            patch.write(0, &buffer.contents()?)?;
+                            Ok(patch)
+                        });
+                        match made {
+                            Ok(patch) => patch,
+                            Err(e) => {
+                                self.buffer = buffer; // refused: nothing changed
+                                return Err(e);
+                            }
+                        }
+                    }
+                };
                 self.small_permit = None;
                 self.buffer_permit = None;
                 self.part_budgeted = false;

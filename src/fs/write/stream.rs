@@ -58,7 +58,7 @@ impl<S: ObjectStore> FileWriter<S> {
         if self.spilled_start {
             let in_order = offset == self.size && self.state == State::Open;
             if in_order && self.size as usize + data.len() > SMALL_START {
-                self.unspill().await?;
+                self.unspill().await?; // or stays on disk: then written below
             } else if !in_order {
                 self.spilled_start = false; // written out of order: stays on disk
             }
@@ -95,24 +95,31 @@ impl<S: ObjectStore> FileWriter<S> {
     /// A start that went to disk for want of overdraft grows past the small start: its bytes
     /// come back into the part buffer (under the budget, as a whole part), and the file
     /// streams on like any new file, so a large file never needs local disk for all of it.
-    async fn unspill(&mut self) -> FsResult<()> {
-        let patch = self.patch.take().expect("a spilled start is a patch");
-        let size = patch.size();
-        let bytes = patch.assemble(self.store.as_ref(), 0..size).await?;
+    /// When no part can be had (no budget, overdraft nor disk room for one), the file stays
+    /// on disk as it is, for good (false): its writes go on into the patch.
+    async fn unspill(&mut self) -> FsResult<bool> {
         self.spilled_start = false;
-        self.buffer = PartBuffer::default();
-        self.small_permit = None;
         let part_size = part_size_for(self.base_part_size, 1) as usize;
-        self.hold_part_budget(part_size).await?;
+        // The part first: refused, the start is still where it was.
+        if self.hold_part_budget(part_size).await.is_err() {
+            return Ok(false);
+        }
         if let Some(e) = self.parked_error.take() {
             return Err(self.fail(e).await);
         }
+        let patch = self.patch.take().expect("a spilled start is a patch");
+        let size = patch.size();
+        let bytes = match patch.assemble(self.store.as_ref(), 0..size).await {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(self.fail(e).await),
+        };
+        self.small_permit = None;
         self.buffer.reserve_part(part_size, self.store.buffers());
         if let Err(e) = self.buffer.extend_from_slice(&bytes) {
             return Err(self.fail(e).await);
         }
         self.size = size;
-        Ok(())
+        Ok(true)
     }
 
     /// True when `len` more bytes would grow the small start of this file past what the
@@ -190,11 +197,24 @@ impl<S: ObjectStore> FileWriter<S> {
     }
 
     /// Streams zeros up to `end` (a hole past the end of a streamed file).
+    /// A new part refused for lack of memory and disk before any zero was taken changes
+    /// nothing (ENOSPC); refused after some were (parts with them may be uploaded, which cannot
+    /// be undone), the file fails: its close reports the error rather than store a size no
+    /// call succeeded in giving it.
     pub(super) async fn stream_zeros(&mut self, end: u64) -> FsResult<()> {
+        let start = self.size;
         let zeros = vec![0u8; 1 << 20];
         while self.size < end {
             let n = (end - self.size).min(zeros.len() as u64) as usize;
-            self.append(&zeros[..n]).await?;
+            match self.append(&zeros[..n]).await {
+                Ok(taken) if taken == n => {}
+                Err(e) if self.size == start => return Err(e),
+                Ok(_) | Err(FsError::NoSpace) => {
+                    self.fail(FsError::NoSpace).await;
+                    return Err(FsError::NoSpace);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
