@@ -1,7 +1,7 @@
 //! Caches: negative lookups (bounded by count, with TTL) and data blocks (bounded by bytes).
 //! Positive metadata lives with the inodes (see `inode.rs`), refreshed after the TTL.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -80,15 +80,29 @@ pub const SNAPSHOT_MAX_NAMES: usize = 1000;
 /// names are only kept when no change happened since it started (`epoch` before, `set` after).
 pub struct DirSnapshots {
     ttl: Duration,
-    entries: Mutex<LruCache<u64, (Instant, HashSet<String>)>>,
+    entries: Mutex<LruCache<u64, (Instant, SnapshotNames)>>,
     epoch: std::sync::atomic::AtomicU64,
 }
+
+/// What a listing showed a name to be: an object and nothing below it, or a prefix (a
+/// directory, whether or not an object of the same name exists too). A lookup of a name
+/// known this way asks only what the attributes need: a HEAD of the object, or of the
+/// directory's marker, never the LIST that tells a file from a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListedKind {
+    File,
+    Dir,
+}
+
+/// The names of a directory with what each was listed as; `None` for a name this mount added
+/// (its kind is asked again).
+pub type SnapshotNames = HashMap<String, Option<ListedKind>>;
 
 /// What a snapshot says about a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotAnswer {
     Absent,
-    Present,
+    Present(Option<ListedKind>),
     /// No snapshot of that directory.
     Unknown,
     /// A snapshot exists but is older than the TTL: re-list to renew it.
@@ -117,7 +131,7 @@ impl DirSnapshots {
 
     /// Records the complete names of `dir` as listed from `epoch` on (ignored when a change
     /// happened since, when too many, or with a TTL of 0).
-    pub fn set(&self, dir: u64, names: HashSet<String>, epoch: u64) {
+    pub fn set(&self, dir: u64, names: SnapshotNames, epoch: u64) {
         let mut entries = self.entries.lock().unwrap();
         if self.epoch() != epoch {
             return;
@@ -134,8 +148,10 @@ impl DirSnapshots {
         match entries.get(&dir) {
             None => SnapshotAnswer::Unknown,
             Some((expires, _)) if *expires <= Instant::now() => SnapshotAnswer::Stale,
-            Some((_, names)) if names.contains(name) => SnapshotAnswer::Present,
-            Some(_) => SnapshotAnswer::Absent,
+            Some((_, names)) => match names.get(name) {
+                Some(kind) => SnapshotAnswer::Present(*kind),
+                None => SnapshotAnswer::Absent,
+            },
         }
     }
 
@@ -144,7 +160,7 @@ impl DirSnapshots {
         let mut entries = self.entries.lock().unwrap();
         self.changed();
         if let Some((_, names)) = entries.get_mut(&dir) {
-            names.insert(name.to_string());
+            names.insert(name.to_string(), None);
             if names.len() > SNAPSHOT_MAX_NAMES {
                 entries.pop(&dir);
             }
@@ -263,16 +279,33 @@ mod tests {
     fn directory_snapshots_answer_until_stale() {
         let snapshots = DirSnapshots::new(10, Duration::from_millis(50));
         assert_eq!(snapshots.answer(7, "a"), SnapshotAnswer::Unknown);
-        snapshots.set(7, HashSet::from(["a".to_string()]), snapshots.epoch());
-        assert_eq!(snapshots.answer(7, "a"), SnapshotAnswer::Present);
+        let listed = SnapshotNames::from([
+            ("a".to_string(), Some(ListedKind::File)),
+            ("sub".to_string(), Some(ListedKind::Dir)),
+        ]);
+        snapshots.set(7, listed, snapshots.epoch());
+        assert_eq!(
+            snapshots.answer(7, "a"),
+            SnapshotAnswer::Present(Some(ListedKind::File))
+        );
+        assert_eq!(
+            snapshots.answer(7, "sub"),
+            SnapshotAnswer::Present(Some(ListedKind::Dir))
+        );
         assert_eq!(snapshots.answer(7, "b"), SnapshotAnswer::Absent);
         snapshots.add(7, "b");
         snapshots.remove(7, "a");
-        assert_eq!(snapshots.answer(7, "b"), SnapshotAnswer::Present);
+        assert_eq!(
+            snapshots.answer(7, "b"),
+            SnapshotAnswer::Present(None),
+            "added here: its kind is asked again"
+        );
         assert_eq!(snapshots.answer(7, "a"), SnapshotAnswer::Absent);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(snapshots.answer(7, "b"), SnapshotAnswer::Stale);
-        let big: HashSet<String> = (0..=SNAPSHOT_MAX_NAMES).map(|i| i.to_string()).collect();
+        let big: SnapshotNames = (0..=SNAPSHOT_MAX_NAMES)
+            .map(|i| (i.to_string(), None))
+            .collect();
         snapshots.set(8, big, snapshots.epoch());
         assert_eq!(
             snapshots.answer(8, "x"),

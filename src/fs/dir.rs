@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use tracing::debug;
 
 use super::attrs::{AttrDefaults, Attributes, Kind};
+use super::cache::{ListedKind, SnapshotNames};
 use super::names::{classify_common_prefix, classify_object_key, ListedName};
 use crate::store::{ListPage, ObjectStore, StoreResult};
 
@@ -222,6 +223,11 @@ impl DirListing {
         self.local = local;
     }
 
+    /// `name` was given as made in this mount and not in S3 yet (`set_local`).
+    fn is_local(&self, name: &str) -> bool {
+        self.local_given.iter().any(|l| l.name == name)
+    }
+
     /// Starts over (rewinddir): the next entries come from a fresh listing. The entries made
     /// in this mount are kept (they are added once the listing ends).
     pub fn restart(&mut self) {
@@ -250,9 +256,21 @@ impl DirListing {
     }
 
     /// Every name in the directory, once the listing has ended, if none was dropped.
-    pub fn complete_names(&self) -> Option<std::collections::HashSet<String>> {
-        (self.done && self.base == 0 && !self.evicted)
-            .then(|| self.entries.iter().map(|e| e.name.clone()).collect())
+    pub fn complete_names(&self) -> Option<SnapshotNames> {
+        (self.done && self.base == 0 && !self.evicted).then(|| {
+            self.entries
+                .iter()
+                .map(|e| {
+                    let kind = match e.attrs.kind {
+                        Kind::Dir => ListedKind::Dir,
+                        _ => ListedKind::File,
+                    };
+                    // Entries made here and not in S3 yet were not listed: asked again.
+                    let listed = !self.is_local(&e.name);
+                    (e.name.clone(), listed.then_some(kind))
+                })
+                .collect()
+        })
     }
 
     fn push(&mut self, entry: DirEntry) {

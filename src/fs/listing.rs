@@ -17,6 +17,7 @@ impl<S: ObjectStore> Fs<S> {
             ),
             epoch: self.snapshots.epoch(),
             stamp: self.inodes.lock().unwrap().stamp(),
+            snapshot_given: false,
         };
         let mut handle = handle;
         handle.listing.set_local(self.local_children(ino));
@@ -49,6 +50,7 @@ impl<S: ObjectStore> Fs<S> {
             handle.listing.restart();
             handle.epoch = self.snapshots.epoch();
             handle.stamp = self.inodes.lock().unwrap().stamp();
+            handle.snapshot_given = false;
             let local = self.local_children(dir_ino);
             handle.listing.set_local(local);
         }
@@ -95,9 +97,13 @@ impl<S: ObjectStore> Fs<S> {
             .entries_from(&self.store, start, want)
             .await?
             .to_vec();
-        if entries.len() < want {
+        // As soon as the listing has ended, not when readdir reaches its end: the kernel
+        // looks entries up while `ls` is still reading the directory, and each of those
+        // lookups then needs no LIST (`probe_listed`).
+        if !handle.snapshot_given {
             if let Some(names) = handle.listing.complete_names() {
                 self.snapshots.set(dir_ino, names, handle.epoch);
+                handle.snapshot_given = true;
             }
         }
         // A small directory, listed whole: its entries' own metadata is asked for when they

@@ -90,7 +90,14 @@ impl<S: ObjectStore> Fs<S> {
             )
         };
         // A directory renamed above the key while the probe ran may have been half moved.
-        let (mut found, settled) = self.read_settled(&key, reader, || self.probe(&key)).await;
+        debug!(parent, name, ?answer, "a lookup asks the store");
+        let listed = match answer {
+            SnapshotAnswer::Present(kind) => kind,
+            _ => None,
+        };
+        let (mut found, settled) = self
+            .read_settled(&key, reader, || self.probe_listed(&key, listed))
+            .await;
         let mut inodes = self.inodes.lock().unwrap();
         // Checked under the lock that records the answer: a directory rename recorded in
         // between would otherwise get the child's old key written back.
@@ -184,6 +191,33 @@ impl<S: ObjectStore> Fs<S> {
             None => self.snapshots.forget(dir),
         }
         Ok(())
+    }
+
+    /// `probe`, for a name a fresh listing showed to be a file or a directory: only the HEAD
+    /// its attributes need (of the object, or of the directory's marker), not the LIST that
+    /// tells the two apart. Within the TTL the listing's word is taken, as for names it does
+    /// not hold.
+    pub(super) async fn probe_listed(
+        &self,
+        key: &str,
+        listed: Option<ListedKind>,
+    ) -> FsResult<(String, Attributes)> {
+        match listed {
+            None => self.probe(key).await,
+            Some(ListedKind::Dir) => {
+                let dir_prefix = format!("{key}/");
+                let attrs = self.marker_attrs(&dir_prefix).await?;
+                Ok((dir_prefix, attrs))
+            }
+            Some(ListedKind::File) => match self.store.head(key).await {
+                Ok(info) => Ok((
+                    key.to_string(),
+                    Attributes::file(&info, &self.config.defaults),
+                )),
+                Err(StoreError::NotFound) => Err(FsError::NotFound),
+                Err(e) => Err(e.into()),
+            },
+        }
     }
 
     /// Asks the store what `key` is: a directory (any key below `key/`) wins over a file.

@@ -37,7 +37,9 @@ use tracing::debug;
 use crate::metrics::{metrics, Cache};
 use crate::store::{ObjectInfo, ObjectStore, PutOptions, StoreError};
 use attrs::{AttrDefaults, Attributes, Kind};
-use cache::{BlockCache, DirSnapshots, NegativeCache, SnapshotAnswer, SNAPSHOT_MAX_NAMES};
+use cache::{
+    BlockCache, DirSnapshots, ListedKind, NegativeCache, SnapshotAnswer, SNAPSHOT_MAX_NAMES,
+};
 use dir::{DirListing, ListingMemory};
 use disk_cache::{DiskCache, DiskCacheConfig};
 use error::{FsError, FsResult};
@@ -213,6 +215,8 @@ struct DirHandle {
     /// The inode table's stamp then: attributes this mount set since are newer than any page
     /// of this listing, and kept.
     stamp: u64,
+    /// The listing's names were given to the directory's snapshot (once it ended).
+    snapshot_given: bool,
 }
 
 type Shared<T> = Arc<tokio::sync::Mutex<T>>;

@@ -1199,3 +1199,4 @@ mod review_keys;
 mod review_orphan;
 mod review_overdraft;
 mod review_staged;
+mod round_trips;

@@ -11,6 +11,7 @@ mod ops;
 mod posix;
 mod random_ops;
 mod read;
+mod round_trips;
 mod security;
 mod support;
 mod tls;
