@@ -155,6 +155,14 @@ impl DirSnapshots {
         }
     }
 
+    /// `dir` has a snapshot, and it has expired (its names were known, and few).
+    pub fn is_stale(&self, dir: u64) -> bool {
+        let mut entries = self.entries.lock().unwrap();
+        entries
+            .get(&dir)
+            .is_some_and(|(expires, _)| *expires <= Instant::now())
+    }
+
     /// This mount added `name` to `dir`.
     pub fn add(&self, dir: u64, name: &str) {
         let mut entries = self.entries.lock().unwrap();

@@ -376,6 +376,18 @@ impl DirListing {
                 None => self.pager = None,
             }
         };
+        self.add_page(page);
+        Ok(())
+    }
+
+    /// The first page of this directory's listing, listed by someone else (a lookup of the
+    /// directory asks for it when the directory's names are wanted, see `Fs::probe`).
+    pub fn add_first_page(&mut self, page: ListPage) {
+        self.started = true;
+        self.add_page(page);
+    }
+
+    fn add_page(&mut self, page: ListPage) {
         let first_new = self.entries.len();
         // Objects and common prefixes come as two sorted lists: merge them in key order.
         let mut objects = page.objects.into_iter().peekable();
@@ -443,7 +455,6 @@ impl DirListing {
             }
         }
         self.advance_settled();
-        Ok(())
     }
 
     fn add_dir(&mut self, name: String, mtime: SystemTime) {

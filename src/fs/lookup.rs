@@ -3,6 +3,7 @@
 //! once), and the attributes of an inode (asked again once they expire).
 
 use super::*;
+use crate::store::ListPage;
 
 impl<S: ObjectStore> Fs<S> {
     /// Looks `name` up in directory `parent`; the kernel holds one more reference on success.
@@ -95,9 +96,27 @@ impl<S: ObjectStore> Fs<S> {
             SnapshotAnswer::Present(kind) => kind,
             _ => None,
         };
-        let (mut found, settled) = self
-            .read_settled(&key, reader, || self.probe_listed(&key, listed))
+        // A directory known here whose names were known (small) and have expired: its lookup
+        // renews them (see `probe_names`).
+        let names_of = {
+            let inodes = self.inodes.lock().unwrap();
+            inodes
+                .child(parent, name)
+                .filter(|c| c.kind().is_dir())
+                .map(|c| c.ino)
+                .filter(|&ino| self.snapshots.is_stale(ino))
+        };
+        let names_epoch = self.snapshots.epoch();
+        let (found, settled) = self
+            .read_settled(&key, reader, || {
+                self.probe_listed(&key, listed, names_of.is_some())
+            })
             .await;
+        let mut page = None;
+        let mut found = found.map(|(found_key, attrs, listed_page)| {
+            page = listed_page;
+            (found_key, attrs)
+        });
         let mut inodes = self.inodes.lock().unwrap();
         // Checked under the lock that records the answer: a directory rename recorded in
         // between would otherwise get the child's old key written back.
@@ -122,10 +141,15 @@ impl<S: ObjectStore> Fs<S> {
                 };
                 let inode = inodes
                     .upsert_child_since(parent, name, entry_key, attrs, expiry, counted, stamp);
-                Ok(Some(Entry {
+                let entry = Entry {
                     ino: inode.ino,
                     attrs: inode.attrs.clone(),
-                }))
+                };
+                drop(inodes);
+                if let (Some(page), true) = (page, settled && names_of == Some(entry.ino)) {
+                    self.renew_snapshot_from(entry.ino, &key, page, names_epoch);
+                }
+                Ok(Some(entry))
             }
             Err(FsError::NotFound) => {
                 // A file this mount made or changed under the name while the probe ran is
@@ -173,6 +197,24 @@ impl<S: ObjectStore> Fs<S> {
         }
     }
 
+    /// Renews the snapshot of directory `dir` (key `key`, without its slash) from the first page
+    /// of its listing, which its lookup just read (`probe_names`): kept only when the page
+    /// holds the whole directory and nothing changed here since `epoch`.
+    fn renew_snapshot_from(&self, dir: u64, key: &str, page: ListPage, epoch: u64) {
+        let mut listing = DirListing::new(
+            format!("{key}/"),
+            self.config.defaults,
+            self.mount_time,
+            self.listing_memory.clone(),
+        );
+        listing.set_local(self.local_children(dir));
+        listing.add_first_page(page);
+        match listing.complete_names() {
+            Some(names) => self.snapshots.set(dir, names, epoch),
+            None => self.snapshots.forget(dir),
+        }
+    }
+
     /// Lists a small directory again to renew its snapshot (dropped if it grew too large).
     pub(super) async fn renew_snapshot(&self, dir: u64, prefix: &str) -> FsResult<()> {
         let epoch = self.snapshots.epoch();
@@ -201,18 +243,20 @@ impl<S: ObjectStore> Fs<S> {
         &self,
         key: &str,
         listed: Option<ListedKind>,
-    ) -> FsResult<(String, Attributes)> {
+        names: bool,
+    ) -> FsResult<(String, Attributes, Option<ListPage>)> {
         match listed {
-            None => self.probe(key).await,
+            None => self.probe_names(key, names).await,
             Some(ListedKind::Dir) => {
                 let dir_prefix = format!("{key}/");
                 let attrs = self.marker_attrs(&dir_prefix).await?;
-                Ok((dir_prefix, attrs))
+                Ok((dir_prefix, attrs, None))
             }
             Some(ListedKind::File) => match self.store.head(key).await {
                 Ok(info) => Ok((
                     key.to_string(),
                     Attributes::file(&info, &self.config.defaults),
+                    None,
                 )),
                 Err(StoreError::NotFound) => Err(FsError::NotFound),
                 Err(e) => Err(e.into()),
@@ -222,10 +266,26 @@ impl<S: ObjectStore> Fs<S> {
 
     /// Asks the store what `key` is: a directory (any key below `key/`) wins over a file.
     pub(super) async fn probe(&self, key: &str) -> FsResult<(String, Attributes)> {
+        self.probe_names(key, false)
+            .await
+            .map(|(key, attrs, _)| (key, attrs))
+    }
+
+    /// `probe`; with `names`, the LIST that tells whether `key` is a directory asks for a whole
+    /// page of it (delimited, as readdir lists) instead of one key, and that page comes back
+    /// when `key` is a directory: a directory whose names are known small gets them renewed
+    /// by its own lookup, with no LIST of its own.
+    pub(super) async fn probe_names(
+        &self,
+        key: &str,
+        names: bool,
+    ) -> FsResult<(String, Attributes, Option<ListPage>)> {
         let dir_prefix = format!("{key}/");
+        let max_keys = if names { SNAPSHOT_MAX_NAMES as i32 } else { 1 };
         let (head, below) = tokio::join!(
             self.store.head(key),
-            self.store.list_page(&dir_prefix, false, None, Some(1))
+            self.store
+                .list_page(&dir_prefix, names, None, Some(max_keys))
         );
         let below = below?;
         if !below.objects.is_empty() || !below.prefixes.is_empty() {
@@ -241,12 +301,13 @@ impl<S: ObjectStore> Fs<S> {
             } else {
                 Attributes::directory(self.mount_time, &self.config.defaults)
             };
-            return Ok((dir_prefix, attrs));
+            return Ok((dir_prefix, attrs, names.then_some(below)));
         }
         match head {
             Ok(info) => Ok((
                 key.to_string(),
                 Attributes::file(&info, &self.config.defaults),
+                None,
             )),
             Err(StoreError::NotFound) => Err(FsError::NotFound),
             Err(e) => Err(e.into()),
