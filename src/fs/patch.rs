@@ -127,6 +127,10 @@ impl PatchFile {
             patch.disk.release(patch.reserved - footprint);
             patch.reserved = footprint;
         }
+        debug_assert!(
+            footprint <= patch.reserved,
+            "a staged part reserves whole blocks"
+        );
         patch
     }
 
@@ -224,8 +228,8 @@ impl PatchFile {
                 }
             }
             let footprint = self.footprint();
-            self.disk.release(self.reserved - footprint);
-            self.reserved = footprint;
+            self.disk.release(self.reserved.saturating_sub(footprint));
+            self.reserved = footprint.min(self.reserved);
             // Frees the scratch file's blocks past the new end.
             if let Err(e) = self.file.set_len(size) {
                 warn!("shrinking the scratch file failed: {e}");

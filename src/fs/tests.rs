@@ -1199,4 +1199,5 @@ mod review_keys;
 mod review_orphan;
 mod review_overdraft;
 mod review_staged;
+mod review_staged_fix;
 mod round_trips;

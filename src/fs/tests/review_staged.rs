@@ -145,9 +145,9 @@ async fn staged_an_unlinked_file_keeps_the_content_of_its_staged_part() {
 /// A memory store whose part uploads take `delay_ms` (a slow link): a part's budget (or its
 /// staged room) stays held meanwhile, as it does in real life.
 #[derive(Default)]
-struct SlowParts {
-    inner: MemoryStore,
-    delay_ms: std::sync::atomic::AtomicU64,
+pub(super) struct SlowParts {
+    pub(super) inner: MemoryStore,
+    pub(super) delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl SlowParts {
@@ -281,7 +281,7 @@ impl ObjectStore for SlowParts {
     }
 }
 
-type SlowFs = Fs<SlowParts>;
+pub(super) type SlowFs = Fs<SlowParts>;
 
 async fn slow_create(fs: &SlowFs, name: &str) -> u64 {
     fs.create(ROOT_INO, OsStr::new(name), 0o644, ROOT)
@@ -293,7 +293,8 @@ async fn slow_create(fs: &SlowFs, name: &str) -> u64 {
 /// Sets up, without local disk: file "x" streaming (its first 5 MiB part sent), 3 files
 /// holding a part of the budget each, and the overdraft used up; uploads take 1 s. Then
 /// x's next part finds budget, the one after finds none.
-async fn streaming_file_with_one_more_part_of_budget() -> (Arc<SlowParts>, SlowFs, u64, u64) {
+pub(super) async fn streaming_file_with_one_more_part_of_budget(
+) -> (Arc<SlowParts>, SlowFs, u64, u64) {
     let store = Arc::new(SlowParts::default());
     let fs = Fs::new(
         store.clone(),

@@ -31,6 +31,9 @@ pub struct StagedPart {
     file: File,
     len: usize,
     capacity: usize,
+    /// Disk cache bytes held: the capacity in whole 4 KiB blocks, as a patch counts them (a
+    /// part size need not be a multiple of 4096).
+    reserved: u64,
     disk: Arc<DiskCache>,
 }
 
@@ -38,13 +41,14 @@ impl StagedPart {
     /// Room for a part of `capacity` bytes on local disk; `NoSpace` when the disk cache
     /// cannot hold it.
     fn new(disk: Arc<DiskCache>, capacity: usize) -> FsResult<Self> {
-        if !disk.reserve(capacity as u64) {
+        let reserved = (capacity as u64).next_multiple_of(4096);
+        if !disk.reserve(reserved) {
             return Err(FsError::NoSpace);
         }
         let file = match disk.scratch_file() {
             Ok(file) => file,
             Err(e) => {
-                disk.release(capacity as u64);
+                disk.release(reserved);
                 return Err(scratch_write_error(e));
             }
         };
@@ -52,6 +56,7 @@ impl StagedPart {
             file,
             len: 0,
             capacity,
+            reserved,
             disk,
         })
     }
@@ -83,20 +88,21 @@ impl StagedPart {
 
 impl StagedPart {
     /// Its file, length and the disk room it holds, for a patch to take over (see
-    /// `PatchFile::from_written`): the room is no longer given back here.
-    pub fn into_file(mut self) -> FsResult<(File, u64, u64, Arc<DiskCache>)> {
+    /// `PatchFile::from_written`): the room is no longer given back when this part is dropped.
+    /// On failure nothing changed.
+    pub fn take_file(&mut self) -> FsResult<(File, u64, u64, Arc<DiskCache>)> {
         let file = self
             .file
             .try_clone()
             .map_err(|e| FsError::Io(format!("a part staged on disk: {e}")))?;
-        let reserved = std::mem::take(&mut self.capacity) as u64; // dropped with nothing held
+        let reserved = std::mem::take(&mut self.reserved);
         Ok((file, self.len as u64, reserved, self.disk.clone()))
     }
 }
 
 impl Drop for StagedPart {
     fn drop(&mut self) {
-        self.disk.release(self.capacity as u64);
+        self.disk.release(self.reserved);
     }
 }
 

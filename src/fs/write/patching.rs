@@ -46,14 +46,19 @@ impl<S: ObjectStore> FileWriter<S> {
                     );
                     return Err(FsError::NotSupported);
                 }
-                let patch = match std::mem::take(&mut self.buffer) {
-                    // A part staged on disk becomes the patch as it is: nothing copied, and
-                    // no room asked for twice.
-                    PartBuffer::Staged(part) => {
-                        let (file, len, reserved, disk) = part.into_file()?;
+                // A part staged on disk becomes the patch as it is: nothing copied, and no
+                // room asked for twice.
+                let staged = match &mut self.buffer {
+                    PartBuffer::Staged(part) => Some(part.take_file()?),
+                    _ => None,
+                };
+                let patch = match staged {
+                    Some((file, len, reserved, disk)) => {
+                        self.buffer = PartBuffer::default();
                         PatchFile::from_written(disk, file, len, reserved)
                     }
-                    buffer => {
+                    None => {
+                        let buffer = std::mem::take(&mut self.buffer);
                         let made = PatchFile::new(disk, None).and_then(|mut patch| {
                             patch.write(0, &buffer.contents()?)?;
                             Ok(patch)

@@ -57,7 +57,12 @@ impl<S: ObjectStore> FileWriter<S> {
         }
         if self.spilled_start {
             let in_order = offset == self.size && self.state == State::Open;
-            if in_order && self.size as usize + data.len() > SMALL_START {
+            // A start grown past a part meanwhile (a truncate) stays on disk: it would not fit
+            // in the part buffer it would come back to.
+            let fits = self.size < part_size_for(self.base_part_size, 1);
+            if in_order && !fits {
+                self.spilled_start = false;
+            } else if in_order && self.size as usize + data.len() > SMALL_START {
                 self.unspill().await?; // or stays on disk: then written below
             } else if !in_order {
                 self.spilled_start = false; // written out of order: stays on disk
@@ -183,7 +188,8 @@ impl<S: ObjectStore> FileWriter<S> {
             );
             return Err(FsError::NotSupported);
         }
-        if offset > self.size {
+        let hole = offset > self.size;
+        if hole {
             self.stream_zeros(offset).await?;
         }
         let overlap = (self.size - offset).min(data.len() as u64) as usize;
@@ -192,8 +198,17 @@ impl<S: ObjectStore> FileWriter<S> {
             self.buffer
                 .overwrite((offset - sent) as usize, &data[..overlap])?;
         }
-        let appended = self.append(&data[overlap..]).await?;
-        Ok((overlap + appended) as u32)
+        match self.append(&data[overlap..]).await {
+            Ok(appended) => Ok((overlap + appended) as u32),
+            // The hole's zeros went in, the bytes after them were refused: refusing the write
+            // would leave the file grown by a call that failed, so the file fails (as in
+            // `stream_zeros`).
+            Err(FsError::NoSpace) if hole => {
+                self.fail(FsError::NoSpace).await;
+                Err(FsError::NoSpace)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Streams zeros up to `end` (a hole past the end of a streamed file).
