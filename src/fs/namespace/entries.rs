@@ -234,6 +234,17 @@ impl<S: ObjectStore> Fs<S> {
                 .filter(|o| o.key != prefix)
                 .partition(|o| inodes.is_orphan_object(&o.key, o.etag.as_deref()))
         };
+        // A marker object with content (an odd object some other tool made, `dir/` with a
+        // body): rmdir would delete that content with it, so the directory counts as not empty.
+        if let Some(marker) = below.objects.iter().find(|o| o.key == prefix && o.size > 0) {
+            tracing::warn!(
+                key = %prefix,
+                size = marker.size,
+                "rmdir refused (ENOTEMPTY): the directory's marker object holds data, which \
+                 rmdir would delete; remove it through S3 if it is not needed"
+            );
+            return Err(FsError::NotEmpty);
+        }
         let more = below.next_token.is_some() && !orphans.is_empty();
         if !others.is_empty() || !below.prefixes.is_empty() || more {
             return Err(FsError::NotEmpty);

@@ -642,3 +642,21 @@ async fn opening_a_stale_file_for_writing_asks_s3_once() {
     );
     close(&fs, fh).await.unwrap();
 }
+
+// A directory marker with content (`d/` with a body, made by some other tool): rmdir once
+// deleted that content silently with the marker. It is data, so the directory is not empty;
+// an empty marker goes as before.
+#[tokio::test]
+async fn rmdir_never_deletes_a_marker_that_holds_data() {
+    let (store, fs) = fs_of(&[("d/", "kept"), ("e/", "")]);
+    assert_eq!(
+        fs.rmdir(ROOT_INO, OsStr::new("d"))
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(store.inner().get("d/").unwrap(), "kept".as_bytes());
+    fs.rmdir(ROOT_INO, OsStr::new("e")).await.unwrap();
+    assert_eq!(store.inner().get("e/"), None);
+}
