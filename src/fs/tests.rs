@@ -728,6 +728,19 @@ fn multipart_fs(keys: &[(&str, &[u8])]) -> (Arc<FaultyStore<MemoryStore>>, TestF
     (store.clone(), Fs::new(store, config))
 }
 
+/// A small deterministic generator (xorshift) for the randomized class tests: each case
+/// replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))

@@ -7,6 +7,7 @@ mod convert;
 mod dirs;
 mod files;
 mod processes;
+mod request_bytes;
 mod xattrs;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::debug;
 
 use crate::fs::attrs::Owner;
@@ -35,6 +36,7 @@ use crate::store::ObjectStore;
 
 use batch::LearnedBatch;
 use convert::{caller, errno, file_attr, refused, time_or_now};
+use request_bytes::RequestBytes;
 
 pub struct FuseAdapter<S> {
     fs: Arc<Fs<S>>,
@@ -46,8 +48,7 @@ pub struct FuseAdapter<S> {
     mountpoint: Arc<OnceLock<PathBuf>>,
     /// Read and write data of the requests being served, all together (see
     /// `FsConfig::request_bytes`).
-    request_bytes: Arc<Semaphore>,
-    request_bytes_total: usize,
+    request_bytes: RequestBytes,
 }
 
 /// A FUSE reply that can carry an errno.
@@ -80,10 +81,9 @@ error_replies!(
 
 impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<Fs<S>>, runtime: Handle) -> Self {
-        let request_bytes_total = fs.config().request_bytes();
+        let request_bytes = RequestBytes::new(fs.config().request_bytes());
         Self {
-            request_bytes: Arc::new(Semaphore::new(request_bytes_total)),
-            request_bytes_total,
+            request_bytes,
             fs,
             runtime,
             openers: Arc::new(Mutex::new(HashMap::new())),
@@ -118,22 +118,10 @@ impl<S: ObjectStore> FuseAdapter<S> {
         });
     }
 
-    /// Counts `bytes` of read or write data against the bound of request data in flight,
-    /// until the permit is dropped with the reply. Past the bound this FUSE thread waits for
-    /// requests being served to finish (none of them needs this thread to finish, and none
-    /// waits unboundedly), so the kernel keeps the rest queued: any number of local processes
-    /// reading or writing at once cannot make the daemon hold more.
+    /// `bytes` of read or write data counted in flight until the permit drops with the reply
+    /// (see `RequestBytes::hold`).
     fn hold_request_bytes(&self, bytes: usize) -> OwnedSemaphorePermit {
-        let permits = bytes.clamp(1, self.request_bytes_total) as u32;
-        match self.request_bytes.clone().try_acquire_many_owned(permits) {
-            Ok(permit) => permit,
-            Err(_) => {
-                debug!("request data in flight at its bound: waiting for requests to finish");
-                self.runtime
-                    .block_on(self.request_bytes.clone().acquire_many_owned(permits))
-                    .expect("the request bound is never closed")
-            }
-        }
+        self.request_bytes.hold(bytes, &self.runtime)
     }
 
     fn ttl(&self) -> Duration {
@@ -613,51 +601,5 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             fs.commit_all().await;
             fs.delete_orphans().await;
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fs::FsConfig;
-    use crate::store::memory::MemoryStore;
-
-    // Read and write data of requests in flight were held without bound: a local user with
-    // many threads blocked in writes waiting for budget made the daemon hold a MiB each.
-    #[test]
-    fn request_data_in_flight_is_bounded_and_the_fuse_thread_waits_past_it() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let config = FsConfig {
-            max_memory: 64 << 20,
-            ..FsConfig::default()
-        };
-        let bound = config.request_bytes();
-        assert_eq!(bound, 16 << 20);
-        let fs = Arc::new(Fs::new(Arc::new(MemoryStore::new()), config));
-        let adapter = Arc::new(FuseAdapter::new(fs, runtime.handle().clone()));
-        let held: Vec<_> = (0..16)
-            .map(|_| adapter.hold_request_bytes(1 << 20))
-            .collect();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let waiting = {
-            let adapter = adapter.clone();
-            std::thread::spawn(move || {
-                let permit = adapter.hold_request_bytes(1 << 20);
-                tx.send(()).unwrap();
-                drop(permit);
-            })
-        };
-        assert!(
-            rx.recv_timeout(Duration::from_millis(300)).is_err(),
-            "a 17th MiB in flight was taken past the 16 MiB bound"
-        );
-        drop(held);
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("once requests finished, the waiting one went on");
-        waiting.join().unwrap();
     }
 }

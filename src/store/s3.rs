@@ -94,6 +94,36 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+impl S3Store {
+    /// One UploadPart of `len` bytes (from memory or from a file).
+    async fn send_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: ByteStream,
+        len: u64,
+    ) -> StoreResult<UploadedPart> {
+        let _permit = self.connection().await;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(e, key))?;
+        Ok(UploadedPart {
+            number,
+            etag: out.e_tag().map(str::to_string),
+        })
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     fn buffers(&self) -> Option<&Arc<BufferPool>> {
@@ -295,22 +325,9 @@ impl ObjectStore for S3Store {
         number: i32,
         body: Bytes,
     ) -> StoreResult<UploadedPart> {
-        let _permit = self.connection().await;
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .body(ByteStream::from(body))
-            .send()
+        let len = body.len() as u64;
+        self.send_part(key, upload_id, number, ByteStream::from(body), len)
             .await
-            .map_err(|e| classify(e, key))?;
-        Ok(UploadedPart {
-            number,
-            etag: out.e_tag().map(str::to_string),
-        })
     }
 
     /// The body is read from the file as it is sent (through `/proc/self/fd`, which reopens
@@ -331,23 +348,7 @@ impl ObjectStore for S3Store {
             .build()
             .await
             .map_err(|e| StoreError::Other(format!("reading a part staged on disk: {e}")))?;
-        let _permit = self.connection().await;
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .content_length(len as i64)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| classify(e, key))?;
-        Ok(UploadedPart {
-            number,
-            etag: out.e_tag().map(str::to_string),
-        })
+        self.send_part(key, upload_id, number, body, len).await
     }
 
     async fn upload_part_copy(

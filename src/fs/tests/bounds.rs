@@ -165,18 +165,6 @@ async fn without_local_disk_a_write_past_every_bound_gets_enospc_and_loses_nothi
     }
 }
 
-/// A small deterministic generator (xorshift): the cases below replay from their seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 // The class of the staged-part review's findings (src/fs/tests/review_staged.rs): a write
 // path that meets a bound (no budget, no overdraft, no disk room) after it took state out of
 // the writer, or after partial progress, and then either drops bytes already acknowledged

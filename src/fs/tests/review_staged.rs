@@ -30,7 +30,7 @@ async fn create(fs: &TestFs, name: &str) -> u64 {
 }
 
 /// `n` files that each hold a whole part (5 MiB) of the budget: 1 MiB + 1 byte written.
-async fn hold_budget_parts(fs: &TestFs, n: usize) -> Vec<u64> {
+pub(super) async fn hold_budget_parts(fs: &TestFs, n: usize) -> Vec<u64> {
     let mut open = Vec::new();
     for i in 0..n {
         let fh = create(fs, &format!("budget{i}")).await;
@@ -42,7 +42,7 @@ async fn hold_budget_parts(fs: &TestFs, n: usize) -> Vec<u64> {
 }
 
 /// `n` files that each hold 1 MiB of the overdraft (their small start).
-async fn hold_overdraft(fs: &TestFs, n: usize) -> Vec<u64> {
+pub(super) async fn hold_overdraft(fs: &TestFs, n: usize) -> Vec<u64> {
     let mut open = Vec::new();
     for i in 0..n {
         let fh = create(fs, &format!("over{i:02}")).await;

@@ -4,7 +4,9 @@
 //! Each `fix_a_…` test below failed on 4626b14 (the `fix_check_…` and `fix_class_…` ones held);
 //! they are named for the behaviour they now check.
 
-use super::review_staged::{streaming_file_with_one_more_part_of_budget, SlowFs};
+use super::review_staged::{
+    hold_budget_parts, hold_overdraft, streaming_file_with_one_more_part_of_budget, SlowFs,
+};
 use super::*;
 use crate::fs::disk_cache::DiskCacheConfig;
 
@@ -33,29 +35,6 @@ async fn create(fs: &TestFs, name: &str) -> u64 {
 
 async fn slow_ino(fs: &SlowFs, name: &str) -> u64 {
     fs.lookup(ROOT_INO, OsStr::new(name)).await.unwrap().ino
-}
-
-/// `n` files that each hold a whole part of the budget: 1 MiB + 1 byte written.
-async fn hold_budget_parts(fs: &TestFs, n: usize) -> Vec<u64> {
-    let mut open = Vec::new();
-    for i in 0..n {
-        let fh = create(fs, &format!("budget{i}")).await;
-        fs.write(fh, 0, &pattern(MIB, i as u8)).await.unwrap();
-        fs.write(fh, MIB as u64, b"x").await.unwrap();
-        open.push(fh);
-    }
-    open
-}
-
-/// `n` files that each hold 1 MiB of the overdraft (their small start).
-async fn hold_overdraft(fs: &TestFs, n: usize) -> Vec<u64> {
-    let mut open = Vec::new();
-    for i in 0..n {
-        let fh = create(fs, &format!("over{i:02}")).await;
-        fs.write(fh, 0, &pattern(MIB, 100 + i as u8)).await.unwrap();
-        open.push(fh);
-    }
-    open
 }
 
 fn set_size(size: u64) -> SetAttr {
@@ -280,18 +259,6 @@ async fn fix_a_spilled_start_grown_past_a_part_keeps_within_the_disk_cache() {
     for fh in budget.into_iter().chain(over) {
         let _ = fs.commit(fh).await;
         fs.release(fh).await;
-    }
-}
-
-/// A small deterministic generator (xorshift): the cases below replay from their seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
     }
 }
 
